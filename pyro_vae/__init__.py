@@ -1,0 +1,11 @@
+"""pyro_vae: variational autoencoders written the Pyro way."""
+
+from .errors import UserError
+from .likelihoods import LIKELIHOODS
+from .model import VAE
+from .priors import PRIORS
+
+register_prior = PRIORS.register
+register_likelihood = LIKELIHOODS.register
+
+__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood"]

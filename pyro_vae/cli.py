@@ -1,0 +1,89 @@
+"""`pyro-vae train | evaluate | generate`: parse arguments and call the package; nothing else.
+
+Every ``UserError`` becomes one line on stderr and exit status 2.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+def build_parser():
+    parser = _Parser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a VAE into a run folder")
+    p.add_argument("--config", help="TOML config file (defaults for every key not in it)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5 (repeatable)")
+    p.add_argument("--out", required=True, help="run folder to write")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("evaluate", help="importance-weighted log p(x) on the test set")
+    p.add_argument("run_dir")
+    p.add_argument("--num-samples", type=int, default=5000, help="importance samples per datum (default 5000)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate only the first N test images")
+    p.add_argument("--chunk-size", type=int, default=0, help="importance samples drawn at once (default: chosen for memory)")
+    p.add_argument("--batch-size", type=int, default=100, help="test images per batch")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    p = sub.add_parser("generate", help="decode prior samples to images")
+    p.add_argument("run_dir")
+    p.add_argument("--n", type=int, default=64, help="number of images (per digit with --digit all)")
+    p.add_argument("--digit", help="conditional runs: a class 0..9, or 'all' for one row per class")
+    p.add_argument("--same-style", action="store_true", help="with --digit all: one z per column, shared by every class")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help=".png for an image grid, .npz for arrays")
+    return parser
+
+
+def cmd_train(args):
+    from . import config
+    from .train import train_run
+
+    cfg = config.load(args.config, args.overrides)
+    train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    print(f"wrote {args.out}: config.toml, checkpoint.pt, metrics.csv, samples.png, reconstructions.png, loss.png")
+
+
+def cmd_evaluate(args):
+    from .evaluate import evaluate_run
+
+    evaluate_run(args)
+
+
+def cmd_generate(args):
+    from .generate import generate_run
+
+    generate_run(args.run_dir, Path(args.out), n=args.n, digit=args.digit, same_style=args.same_style, seed=args.seed)
+    print(f"wrote {args.out}")
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate}
+
+
+def main(argv=None):
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"pyro-vae: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pyro-vae: interrupted; the last completed epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""Experiment configuration: a dataclass schema (every key has a default), read from TOML,
+overridden with ``--set key.sub=value`` and validated with errors that name the key and the
+valid choices.
+"""
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+
+import tomli_w
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import UserError
+from .likelihoods import LIKELIHOODS
+from .networks import ACTIVATIONS, NETWORK_TYPES
+from .priors import PRIORS
+
+BINARIZATIONS = ("dynamic", "static", "none")
+OBJECTIVES = ("elbo", "mean_field", "iwae")
+DEVICES = ("auto", "cpu", "cuda")
+NAN_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class NetworkConfig:
+    type: str = "mlp"
+    hidden: list = field(default_factory=lambda: [200, 200])
+    channels: list = field(default_factory=lambda: [32, 64])
+    activation: str = "tanh"
+
+
+@dataclass
+class DataConfig:
+    dir: str = ""  # torchvision root for MNIST; "" -> $PYRO_VAE_DATA, else ~/.cache/pyro_vae
+    path: str = ""  # a .npy/.npz of the user's own data instead of MNIST
+    binarize: str = "dynamic"
+    limit: int = 0  # use only the first N training images (0: all)
+    test_limit: int = 0  # use only the first N test images (0: all)
+
+
+@dataclass
+class ModelConfig:
+    latent_dim: int = 50
+    prior: object = "normal"  # a name or {type = name, ...params}
+    likelihood: object = "bernoulli"
+    conditional: bool = False
+    encoder: NetworkConfig = field(default_factory=NetworkConfig)
+    decoder: NetworkConfig = field(default_factory=NetworkConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int = 0  # stop after this many steps in all (0: no limit)
+    batch_size: int = 100
+    lr: float = 1e-3
+    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    objective: str = "elbo"
+    num_particles: int = 1
+    device: str = "auto"
+    nan_policy: str = "stop"
+    eval_batch_size: int = 1000
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_toml(self):
+        return tomli_w.dumps(dataclasses.asdict(self))
+
+
+def load(path=None, overrides=()):
+    """Defaults, then the TOML file at ``path`` (if any), then each ``key=value`` override."""
+    raw = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist; check the path given to --config") from None
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+    for item in overrides:
+        apply_override(raw, item)
+    return from_dict(raw)
+
+
+def loads(text):
+    """Parse a config from TOML text (as stored in checkpoints)."""
+    return from_dict(tomllib.loads(text))
+
+
+def apply_override(raw, item):
+    """Apply ``key.sub=value`` to the nested dict ``raw``; the value is a TOML literal, bare words are strings."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UserError(f"--set expects key=value (for example train.epochs=5), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text.strip()
+    *parents, leaf = key.split(".")
+    node = raw
+    for i, part in enumerate(parents):
+        child = node.get(part, {})
+        if isinstance(child, str):  # model.prior.components=10 on prior = "mixture"
+            child = {"type": child}
+        if not isinstance(child, dict):
+            raise UserError(f"cannot set {key}: {'.'.join(parents[: i + 1])} is not a table")
+        node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def from_dict(raw):
+    cfg = _build(Config, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def _build(cls, raw, prefix):
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.')} must be a table, got {raw!r}")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise UserError(f"unknown config key '{prefix}{key}'; valid keys: {', '.join(prefix + k for k in known)}")
+    values = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        value, key = raw[name], prefix + name
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default):
+            value = _build(type(default), value, key + ".")
+        else:
+            value = _check_type(key, value, default)
+        values[name] = value
+    return cls(**values)
+
+
+def _check_type(key, value, default):
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, list):
+        ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    elif isinstance(default, str) and key in ("model.prior", "model.likelihood"):
+        ok = isinstance(value, (str, dict))
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        expected = "a list of integers" if isinstance(default, list) else f"a {type(default).__name__}"
+        raise UserError(f"{key} must be {expected}, got {value!r}")
+    return value
+
+
+def _choice(key, value, choices):
+    if value not in choices:
+        raise UserError(f"{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
+
+
+def _at_least(key, value, low):
+    if value < low:
+        raise UserError(f"{key} must be at least {low}, got {value}")
+
+
+def validate(cfg):
+    """Check ranges and names; raises ``UserError`` naming the key and what would be valid."""
+    _choice("data.binarize", cfg.data.binarize, BINARIZATIONS)
+    _at_least("data.limit", cfg.data.limit, 0)
+    _at_least("data.test_limit", cfg.data.test_limit, 0)
+    _at_least("model.latent_dim", cfg.model.latent_dim, 1)
+    PRIORS.resolve(cfg.model.prior, "model.prior")
+    LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
+    for part in ("encoder", "decoder"):
+        net = getattr(cfg.model, part)
+        _choice(f"model.{part}.type", net.type, NETWORK_TYPES)
+        _choice(f"model.{part}.activation", net.activation, tuple(ACTIVATIONS))
+        if not net.hidden or min(net.hidden) < 1:
+            raise UserError(f"model.{part}.hidden must list at least one positive layer width, got {net.hidden}")
+        if len(net.channels) != 2 or min(net.channels) < 1:
+            raise UserError(f"model.{part}.channels must list two positive channel counts, got {net.channels}")
+    t = cfg.train
+    _at_least("train.epochs", t.epochs, 1)
+    _at_least("train.max_steps", t.max_steps, 0)
+    _at_least("train.batch_size", t.batch_size, 1)
+    _at_least("train.num_particles", t.num_particles, 1)
+    _at_least("train.eval_batch_size", t.eval_batch_size, 1)
+    if not t.lr > 0:
+        raise UserError(f"train.lr must be positive, got {t.lr}")
+    if not 0 < t.lr_decay <= 1:
+        raise UserError(f"train.lr_decay must lie in (0, 1], got {t.lr_decay}")
+    _choice("train.objective", t.objective, OBJECTIVES)
+    _choice("train.device", t.device, DEVICES)
+    _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)

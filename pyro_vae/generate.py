@@ -1,0 +1,58 @@
+"""Decode prior samples of a trained run into an image grid (.png) or arrays (.npz)."""
+
+import io
+
+import numpy as np
+import pyro
+import torch
+
+from .checkpoint import atomic_write_bytes, load_run
+from .errors import UserError
+from .plots import image_grid
+
+
+def labels_for(vae, n, digit, same_style):
+    """The label of every image to draw (None for an unconditional VAE) and the grid's row length."""
+    if vae.num_classes is None:
+        if digit is not None or same_style:
+            raise UserError("--digit and --same-style need a conditional run (trained with model.conditional = true)")
+        return None, 8 if n >= 8 else n
+    digit = "all" if digit is None else digit
+    if digit == "all":
+        return torch.arange(vae.num_classes).repeat_interleave(n), n
+    if same_style:
+        raise UserError("--same-style draws one style per column across all digits; use it with --digit all")
+    if not digit.isdigit() or int(digit) >= vae.num_classes:
+        raise UserError(f"--digit must be 'all' or a class from 0 to {vae.num_classes - 1}, got {digit!r}")
+    return torch.full((n,), int(digit)), 8 if n >= 8 else n
+
+
+def draw(vae, n, digit=None, same_style=False, seed=0):
+    """``(images (N, D) in [0, 1], labels (N,) or None, row length)``; reproducible for a seed."""
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    labels, nrow = labels_for(vae, n, digit, same_style)
+    pyro.set_rng_seed(seed)
+    count = n if labels is None else len(labels)
+    z = None
+    if same_style:
+        z = vae.prior(vae.encoder).sample((n,)).repeat(vae.num_classes, 1)
+    images = vae.sample(count, y=None if labels is None else labels.to(vae.device), z=z)
+    return images, labels, nrow
+
+
+def generate_run(run_dir, out, n=64, digit=None, same_style=False, seed=0):
+    if out.suffix not in (".png", ".npz"):
+        raise UserError(f"--out must end in .png (image grid) or .npz (arrays), got {out.name}")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
+    _, vae, payload = load_run(run_dir)
+    image_shape = tuple(payload["image_shape"])
+    images, labels, nrow = draw(vae, n, digit, same_style, seed)
+    if out.suffix == ".png":
+        image_grid(out, images, image_shape, nrow)
+        return
+    labels = np.full(len(images), -1, dtype=np.int64) if labels is None else labels.numpy().astype(np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images.reshape(-1, *image_shape).cpu().numpy().astype(np.float32), labels=labels)
+    atomic_write_bytes(out, buffer.getvalue())

@@ -1,0 +1,121 @@
+"""The VAE as a pair of Pyro programs.
+
+Generative model::
+
+    z ~ p(z)                       (site "z", event_dim 1)
+    x ~ p(x | decoder(z[, y]))     (site "x", .to_event(1) over the flattened pixels)
+
+Guide: ``z ~ N(loc, diag(scale^2))`` with ``(loc, scale) = encoder(x[, y])``. Both run inside
+``pyro.plate("data", B)`` and register every parameter through ``pyro.module``, so they work
+with any Pyro inference: ``SVI`` with ``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO``,
+``Predictive``, ``poutine.trace``.
+"""
+
+import itertools
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .errors import UserError
+from .likelihoods import LIKELIHOODS
+from .networks import build_decoder, build_encoder
+from .priors import PRIORS
+
+# Pyro keeps parameters in one global store keyed by name: a second VAE registered under the same
+# name would silently be handed the first one's tensors. Each instance gets its own name.
+_instance_ids = itertools.count()
+
+
+class VAE(nn.Module):
+    def __init__(
+        self,
+        input_dim=784,
+        latent_dim=50,
+        prior="normal",
+        likelihood="bernoulli",
+        encoder=None,
+        decoder=None,
+        num_classes=None,
+    ):
+        super().__init__()
+        if latent_dim < 1 or input_dim < 1:
+            raise UserError(f"latent_dim and input_dim must be at least 1, got {latent_dim} and {input_dim}")
+        self.input_dim = input_dim
+        self.latent_dim = latent_dim
+        self.num_classes = num_classes or None
+        n_cls = num_classes or 0
+        self.encoder = build_encoder(encoder, input_dim, latent_dim, n_cls)
+        self.decoder = build_decoder(decoder, latent_dim, input_dim, n_cls)
+        prior_cls, prior_params = PRIORS.resolve(prior, "model.prior")
+        self.prior = prior_cls(latent_dim, input_dim, num_classes, **prior_params)
+        likelihood_cls, likelihood_params = LIKELIHOODS.resolve(likelihood, "model.likelihood")
+        self.likelihood = likelihood_cls(input_dim, **likelihood_params)
+        self.pyro_name = f"vae{next(_instance_ids)}"
+
+    # -- labels ---------------------------------------------------------------------------
+    def onehot(self, y):
+        """One-hot labels for a conditional VAE (``None`` for an unconditional one)."""
+        if self.num_classes is None:
+            return None
+        if y is None:
+            raise UserError("this VAE is conditional: pass the labels y alongside x (or use an unconditional model)")
+        return torch.zeros(y.shape + (self.num_classes,), device=y.device).scatter_(-1, y.long().unsqueeze(-1), 1.0)
+
+    def check_labels(self, y, n):
+        """Validate labels once at an entry point (not per step: it syncs with the device)."""
+        if self.num_classes is None:
+            return
+        if y is None:
+            raise UserError("this VAE is conditional: labels y are required (set data labels or pass y=...)")
+        if y.shape != (n,):
+            raise UserError(f"labels must have shape ({n},), one per datum, got {tuple(y.shape)}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool:
+            raise UserError(f"labels must be integers, got dtype {y.dtype}")
+        if n and (y.min() < 0 or y.max() >= self.num_classes):
+            raise UserError(
+                f"labels must lie in 0..{self.num_classes - 1}, got values from {int(y.min())} to {int(y.max())}"
+            )
+
+    # -- the Pyro programs ----------------------------------------------------------------
+    def model(self, x, y=None):
+        pyro.module(self.pyro_name, self)
+        y_onehot = self.onehot(y)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(self.encoder))
+            out = self.decoder(z, y_onehot)
+            pyro.sample("x", self.likelihood(out), obs=x)
+
+    def guide(self, x, y=None):
+        pyro.module(self.pyro_name, self)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x, self.onehot(y))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    # -- conveniences ---------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n, y=None, z=None):
+        """Draw ``n`` images from the model: z ~ p(z) (or the given ``z``), returning E[x | z, y].
+
+        ``y`` is an int label or a tensor of ``n`` labels for a conditional VAE. Uses torch's
+        global RNG, so ``torch.manual_seed`` / ``pyro.set_rng_seed`` make it reproducible.
+        """
+        device = self.device
+        if y is not None:
+            y = torch.as_tensor(y, device=device)
+            y = y.expand(n) if y.dim() == 0 else y
+        self.check_labels(y, n)
+        if z is None:
+            z = self.prior(self.encoder).sample((n,))
+        return self.likelihood.mean(self.decoder(z, self.onehot(y)))
+
+    @torch.no_grad()
+    def reconstruct(self, x, y=None):
+        """E[x | z = mean of q(z|x)]: the reconstruction through the posterior mean."""
+        loc, _ = self.encoder(x, self.onehot(y))
+        return self.likelihood.mean(self.decoder(loc, self.onehot(y)))
+
+    @property
+    def device(self):
+        return next(self.parameters()).device

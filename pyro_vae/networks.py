@@ -1,0 +1,134 @@
+"""Encoder and decoder builders. An encoder maps ``(x, y_onehot=None)`` to the ``(loc, scale)``
+of a diagonal Gaussian q(z|x[, y]); a decoder maps ``(z, y_onehot=None)`` to one likelihood
+parameter per pixel. Conditioning concatenates the one-hot label to the input. Both accept any
+number of leading batch dimensions (vectorized particles add one).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
+NETWORK_TYPES = ("mlp", "conv")
+
+
+def with_label(h, y_onehot):
+    if y_onehot is None:
+        return h
+    return torch.cat([h, y_onehot.expand(h.shape[:-1] + y_onehot.shape[-1:])], dim=-1)
+
+
+def mlp(sizes, activation):
+    layers = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+class GaussianHead(nn.Module):
+    """Splits a feature vector into the mean and (through exp of a log-scale) the scale of q(z|x)."""
+
+    def forward(self, h):
+        loc, log_scale = h.chunk(2, dim=-1)
+        return loc, log_scale.exp()
+
+
+class MLPEncoder(nn.Module):
+    def __init__(self, input_dim, latent_dim, num_classes=0, hidden=(200, 200), activation="tanh"):
+        super().__init__()
+        self.net = mlp([input_dim + num_classes, *hidden, 2 * latent_dim], activation)
+        self.head = GaussianHead()
+
+    def forward(self, x, y_onehot=None):
+        return self.head(self.net(with_label(x, y_onehot)))
+
+
+class MLPDecoder(nn.Module):
+    def __init__(self, latent_dim, output_dim, num_classes=0, hidden=(200, 200), activation="tanh"):
+        super().__init__()
+        self.net = mlp([latent_dim + num_classes, *hidden, output_dim], activation)
+
+    def forward(self, z, y_onehot=None):
+        return self.net(with_label(z, y_onehot))
+
+
+def image_side(input_dim):
+    side = math.isqrt(input_dim)
+    if side * side != input_dim or side % 4:
+        raise ValueError(f"conv networks need square images with a side divisible by 4, got {input_dim} pixels")
+    return side
+
+
+class ConvEncoder(nn.Module):
+    """Two stride-2 convolutions (28 -> 14 -> 7), then a linear layer to (loc, log-scale).
+    The label enters as extra constant input channels."""
+
+    def __init__(self, input_dim, latent_dim, num_classes=0, channels=(32, 64), activation="relu"):
+        super().__init__()
+        self.side = image_side(input_dim)
+        act = ACTIVATIONS[activation]
+        c1, c2 = channels
+        self.conv = nn.Sequential(
+            nn.Conv2d(1 + num_classes, c1, 4, 2, 1), act(), nn.Conv2d(c1, c2, 4, 2, 1), act(), nn.Flatten()
+        )
+        self.fc = nn.Linear(c2 * (self.side // 4) ** 2, 2 * latent_dim)
+        self.head = GaussianHead()
+
+    def forward(self, x, y_onehot=None):
+        lead = x.shape[:-1]
+        h = x.reshape(-1, 1, self.side, self.side)
+        if y_onehot is not None:
+            y = y_onehot.expand(lead + y_onehot.shape[-1:]).reshape(-1, y_onehot.shape[-1], 1, 1)
+            h = torch.cat([h, y.expand(-1, -1, self.side, self.side)], dim=1)
+        return self.head(self.fc(self.conv(h)).reshape(lead + (-1,)))
+
+
+class ConvDecoder(nn.Module):
+    """A linear layer to a 7x7 feature map, then two stride-2 transposed convolutions to 28x28."""
+
+    def __init__(self, latent_dim, output_dim, num_classes=0, channels=(64, 32), activation="relu"):
+        super().__init__()
+        self.side = image_side(output_dim)
+        act = ACTIVATIONS[activation]
+        c1, c2 = channels
+        self.c1 = c1
+        self.fc = nn.Sequential(nn.Linear(latent_dim + num_classes, c1 * (self.side // 4) ** 2), act())
+        self.deconv = nn.Sequential(nn.ConvTranspose2d(c1, c2, 4, 2, 1), act(), nn.ConvTranspose2d(c2, 1, 4, 2, 1))
+
+    def forward(self, z, y_onehot=None):
+        h = self.fc(with_label(z, y_onehot))
+        lead = h.shape[:-1]
+        q = self.side // 4
+        out = self.deconv(h.reshape(-1, self.c1, q, q))
+        return out.reshape(lead + (self.side * self.side,))
+
+
+def build_encoder(spec, input_dim, latent_dim, num_classes=0):
+    """``spec`` is a network config dict (``type``, ``hidden``/``channels``, ``activation``) or a module."""
+    if isinstance(spec, nn.Module):
+        return spec
+    spec = dict(spec or {})
+    kind = spec.pop("type", "mlp")
+    cls = {"mlp": MLPEncoder, "conv": ConvEncoder}[kind]
+    return cls(input_dim, latent_dim, num_classes, **_network_kwargs(kind, spec))
+
+
+def build_decoder(spec, latent_dim, output_dim, num_classes=0):
+    if isinstance(spec, nn.Module):
+        return spec
+    spec = dict(spec or {})
+    kind = spec.pop("type", "mlp")
+    cls = {"mlp": MLPDecoder, "conv": ConvDecoder}[kind]
+    kwargs = _network_kwargs(kind, spec)
+    if kind == "conv" and "channels" in kwargs:
+        kwargs["channels"] = tuple(reversed(kwargs["channels"]))
+    return cls(latent_dim, output_dim, num_classes, **kwargs)
+
+
+def _network_kwargs(kind, spec):
+    """Keep only the keys this network type uses: a config carries both ``hidden`` and ``channels``."""
+    keys = {"mlp": ("hidden", "activation"), "conv": ("channels", "activation")}[kind]
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in spec.items() if k in keys}

@@ -1,0 +1,86 @@
+"""Priors p(z). Each is an ``nn.Module`` whose ``forward(encoder)`` returns a Pyro distribution
+with ``event_shape == (latent_dim,)`` and empty batch shape; the model expands it over the data plate.
+
+Register a new prior with ``@PRIORS.register("name")``; its keyword-only ``__init__`` arguments
+become the parameters a config may set (``{type = "name", param = value}``).
+"""
+
+import math
+
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from .registry import Registry
+
+PRIORS = Registry("prior")
+
+
+def diagonal_normal(loc, log_scale):
+    return dist.Normal(loc, log_scale.exp()).to_event(1)
+
+
+@PRIORS.register("normal")
+class StandardNormal(nn.Module):
+    """p(z) = N(0, I): the classic VAE prior, with a closed-form KL to a Gaussian q(z|x)."""
+
+    def __init__(self, latent_dim, input_dim, num_classes=None):
+        super().__init__()
+        self.register_buffer("loc", torch.zeros(latent_dim))
+        self.register_buffer("log_scale", torch.zeros(latent_dim))
+
+    def forward(self, encoder):
+        return diagonal_normal(self.loc, self.log_scale)
+
+
+@PRIORS.register("learned_normal")
+class LearnedNormal(StandardNormal):
+    """p(z) = N(m, diag(s^2)) with m and log s learned alongside the networks."""
+
+    def __init__(self, latent_dim, input_dim, num_classes=None):
+        super().__init__(latent_dim, input_dim)
+        self.loc = nn.Parameter(self.loc)
+        self.log_scale = nn.Parameter(self.log_scale)
+
+
+class _Mixture(nn.Module):
+    """Shared by the mixture priors: p(z) = sum_k w_k N(z; m_k, diag(s_k^2))."""
+
+    def mixture(self, logits, loc, scale):
+        components = dist.Normal(loc, scale).to_event(1)
+        return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
+
+
+@PRIORS.register("mixture")
+class GaussianMixture(_Mixture):
+    """A learnable mixture of ``components`` diagonal Gaussians; means start spread around 0."""
+
+    def __init__(self, latent_dim, input_dim, num_classes=None, *, components=10):
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(components))
+        self.loc = nn.Parameter(torch.randn(components, latent_dim))
+        self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
+
+    def forward(self, encoder):
+        return self.mixture(self.logits, self.loc, self.log_scale.exp())
+
+
+@PRIORS.register("vamp")
+class VampPrior(_Mixture):
+    """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the encoder's posterior
+    at K learned pseudo-inputs u_k. Pseudo-inputs live in logit space so sigmoid(u) stays a valid
+    image in [0, 1]. In a conditional VAE pseudo-input k carries the label k mod num_classes.
+    """
+
+    def __init__(self, latent_dim, input_dim, num_classes=None, *, components=500):
+        super().__init__()
+        self.pseudo_logits = nn.Parameter(torch.randn(components, input_dim) * 0.1 + math.log(0.1 / 0.9))
+        self.register_buffer("weights", torch.zeros(components))
+        labels = None
+        if num_classes:
+            labels = nn.functional.one_hot(torch.arange(components) % num_classes, num_classes).float()
+        self.register_buffer("labels", labels)
+
+    def forward(self, encoder):
+        loc, scale = encoder(torch.sigmoid(self.pseudo_logits), self.labels)
+        return self.mixture(self.weights, loc, scale)

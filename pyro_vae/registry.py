@@ -1,0 +1,54 @@
+"""Name -> class registries for priors and likelihoods, so new ones plug in with a decorator."""
+
+import inspect
+
+from .errors import UserError
+
+
+class Registry:
+    """Maps a name to a class whose keyword arguments are the spec's parameters.
+
+    A spec is either a registered name or a dict ``{"type": name, **params}``.
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        self._classes = {}
+
+    def register(self, name):
+        def decorator(cls):
+            self._classes[name] = cls
+            return cls
+
+        return decorator
+
+    def names(self):
+        return sorted(self._classes)
+
+    def resolve(self, spec, key):
+        """Return ``(cls, params)`` for ``spec``; ``key`` names the config key in error messages."""
+        if isinstance(spec, str):
+            name, params = spec, {}
+        elif isinstance(spec, dict) and isinstance(spec.get("type"), str):
+            params = dict(spec)
+            name = params.pop("type")
+        else:
+            raise UserError(
+                f"{key} must be a {self.kind} name or a table with a 'type' key, got {spec!r}; "
+                f"valid names: {', '.join(self.names())}"
+            )
+        if name not in self._classes:
+            raise UserError(f"unknown {self.kind} '{name}' for {key}; valid names: {', '.join(self.names())}")
+        cls = self._classes[name]
+        allowed = self.parameters(cls)
+        for param in params:
+            if param not in allowed:
+                valid = ", ".join(allowed) or "none"
+                raise UserError(f"unknown parameter '{param}' for {self.kind} '{name}' in {key}; valid parameters: {valid}")
+        return cls, params
+
+    @staticmethod
+    def parameters(cls):
+        """The user-settable keyword-only parameters of ``cls``."""
+        signature = inspect.signature(cls.__init__)
+        return [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]

@@ -1,0 +1,236 @@
+"""Training: SVI on the VAE's model and guide, with the whole dataset on the device.
+
+``fit`` is the loop (one torch optimizer over the VAE's parameters, the objective's
+``differentiable_loss``, Pyro validation off in the hot path). ``train_run`` wraps it for a run
+folder: resolved config, atomic per-epoch checkpoints with optimizer and RNG state so ``--resume``
+continues exactly, ``metrics.csv`` and the figures.
+"""
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from . import checkpoint, data, plots
+from . import config as config_lib
+from .errors import UserError
+from .objectives import make_objective
+
+METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds")
+RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
+
+
+def resolve_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device = \"cuda\" but CUDA is not available here; use train.device = \"auto\" or \"cpu\"")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class TrainState:
+    """Everything that must survive a restart besides the parameters themselves."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps taken
+    history: list = field(default_factory=list)  # one dict of METRIC_FIELDS per completed epoch
+    skipped: int = 0  # non-finite batches skipped under nan_policy = "skip"
+
+
+def epoch_order(n, seed, epoch, device):
+    """The shuffle of epoch ``epoch``: a function of (seed, epoch) alone, so a resumed run and
+    every process of a distributed one see the same order."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).to(device)
+
+
+@torch.no_grad()
+def elbo_per_datum(vae, split, batch_size, seed=0):
+    """Mean single-sample ELBO over ``split`` in nats per datum, with a fixed seed so repeated
+    evaluations are comparable, and without disturbing the training RNG stream."""
+    objective = make_objective("elbo")
+    total = 0.0
+    with torch.random.fork_rng(devices=[split.x.device] if split.x.device.type == "cuda" else []), pyro.validation_enabled(False):
+        torch.manual_seed(seed)
+        for start in range(0, len(split), batch_size):
+            x = split.x[start : start + batch_size]
+            y = None if split.y is None else split.y[start : start + batch_size]
+            total -= objective.differentiable_loss(vae.model, vae.guide, x, y).item()
+    return total / len(split)
+
+
+def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=True):
+    """Train ``vae`` on ``ds`` (a :class:`data.Dataset` already on the VAE's device) as ``cfg.train``
+    says. ``on_epoch(state, optimizer)`` runs after every epoch (checkpointing). Returns the state."""
+    t = cfg.train
+    state = state or TrainState()
+    optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=t.lr)
+    objective = make_objective(t.objective, t.num_particles)
+    train_x, train_y = ds.train.x, ds.train.y
+    n = len(ds.train)
+    steps_per_epoch = math.ceil(n / t.batch_size)
+    dynamic = cfg.data.binarize == "dynamic"
+    vae.train()
+    while state.epoch < t.epochs and not (t.max_steps and state.step >= t.max_steps):
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        order = epoch_order(n, cfg.seed, state.epoch, train_x.device)
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {state.epoch + 1}/{t.epochs}", disable=not progress, leave=False)
+        with pyro.validation_enabled(False):
+            for start in range(0, n, t.batch_size):
+                if t.max_steps and state.step >= t.max_steps:
+                    break
+                idx = order[start : start + t.batch_size]
+                x = train_x[idx]
+                x = torch.bernoulli(x) if dynamic else x
+                y = None if train_y is None else train_y[idx]
+                loss = objective.differentiable_loss(vae.model, vae.guide, x, y)
+                value = loss.item()
+                if not math.isfinite(value):
+                    if t.nan_policy == "stop":
+                        raise UserError(
+                            f"the loss became {value} at step {state.step + 1} (epoch {state.epoch + 1}); training stopped and the "
+                            f"last good checkpoint is kept; try a lower train.lr, a larger likelihood scale, or train.nan_policy = \"skip\""
+                        )
+                    state.skipped += 1
+                    bar.update()
+                    continue
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                state.step += 1
+                loss_sum += value
+                seen += len(idx)
+                bar.update()
+                bar.set_postfix(elbo=f"{-value / len(idx):.2f}", refresh=False)
+        bar.close()
+        for group in optimizer.param_groups:
+            group["lr"] *= t.lr_decay
+        state.epoch += 1
+        vae.eval()
+        test_elbo = elbo_per_datum(vae, ds.test, t.eval_batch_size, cfg.seed)
+        vae.train()
+        row = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "train_elbo": -loss_sum / max(seen, 1),
+            "test_elbo": test_elbo,
+            "seconds": time.perf_counter() - started,
+        }
+        state.history.append(row)
+        if progress:
+            skipped = f", {state.skipped} non-finite batches skipped" if state.skipped else ""
+            tqdm.write(f"epoch {state.epoch}: train ELBO {row['train_elbo']:.2f}, test ELBO {test_elbo:.2f} nats/datum, {row['seconds']:.1f}s{skipped}")
+        if on_epoch is not None:
+            on_epoch(state, optimizer)
+    vae.eval()
+    return state
+
+
+def load_dataset(cfg, device):
+    """The config's data, binarized as configured, checked against the model, on ``device``."""
+    ds = data.prepare(data.load(cfg.data), cfg.data.binarize, cfg.seed)
+    if cfg.model.conditional and ds.num_classes is None:
+        raise UserError("model.conditional = true needs labels; give 'y' in the data file or use MNIST")
+    return ds
+
+
+def check_data(vae, ds, binarize):
+    """Bad data is caught here, once, rather than as NaNs halfway through training."""
+    for split in (ds.train, ds.test):
+        if split.x.shape[1] != vae.input_dim:
+            raise UserError(f"the data have {split.x.shape[1]} features per datum but the model expects {vae.input_dim}")
+        if not torch.isfinite(split.x).all():
+            raise UserError("the data contain NaN or inf values; clean or drop those rows before training")
+        vae.check_labels(split.y, len(split))
+        # a dynamic run's training pixels are grey here and become binary when each batch is drawn
+        if not (split is ds.train and binarize == "dynamic"):
+            vae.likelihood.check(split.x)
+
+
+def metrics_csv(history):
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    return buffer.getvalue()
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def prepare_run_dir(out, cfg, resume, overwrite):
+    """Refuse to clobber a different run; on resume return the checkpoint to continue from."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; pick a folder for the run")
+    has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+    if resume:
+        payload = checkpoint.load(out / "checkpoint.pt")
+        stored = config_lib.loads(payload["config"])
+        stored.train.epochs, stored.train.max_steps = cfg.train.epochs, cfg.train.max_steps
+        if stored != cfg:
+            raise UserError(f"--resume: the config differs from the one {out} was trained with (only train.epochs and train.max_steps may change); drop --config/--set or start a new run")
+        return payload
+    if has_run and not overwrite:
+        raise UserError(f"{out} already holds a run; add --resume to continue it, --overwrite to replace it, or choose another --out")
+    return None
+
+
+def train_run(cfg, out, resume=False, overwrite=False, progress=True):
+    """Train as ``cfg`` says into run folder ``out``; see the module docstring."""
+    out = Path(out)
+    payload = prepare_run_dir(out, cfg, resume, overwrite)
+    device = resolve_device(cfg.train.device)
+    pyro.set_rng_seed(cfg.seed)
+    ds = load_dataset(cfg, device)
+    vae = checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes)
+    check_data(vae, ds, cfg.data.binarize)
+    ds = data.Dataset(ds.train.to(device), ds.test.to(device), ds.image_shape, ds.num_classes)
+    vae.to(device)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    state = TrainState()
+    if payload is not None:
+        checkpoint.load_weights(vae, payload["model"], out / "checkpoint.pt")
+        optimizer.load_state_dict(payload["optimizer"])
+        state = TrainState(**payload["state"])
+        set_rng_state(payload["rng"])
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.atomic_write_text(out / "config.toml", cfg.to_toml())
+
+    def save(state, optimizer):
+        checkpoint.save(
+            out / "checkpoint.pt",
+            {
+                "format": checkpoint.FORMAT_VERSION,
+                "config": cfg.to_toml(),
+                "input_dim": ds.input_dim,
+                "num_classes": ds.num_classes,
+                "image_shape": list(ds.image_shape),
+                "model": vae.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": vars(state).copy(),
+                "rng": rng_state(),
+            },
+        )
+        checkpoint.atomic_write_text(out / "metrics.csv", metrics_csv(state.history))
+
+    state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress)
+    plots.write_run_figures(out, vae, ds, state.history)
+    return vae, state
