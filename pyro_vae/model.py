@@ -28,6 +28,12 @@ from .priors import PRIORS
 _instance_ids = itertools.count()
 
 
+def call_net(net, h, y_onehot):
+    """``net(h)``, or ``net(h, y_onehot)`` for a conditional VAE: a plain module such as ``nn.Linear``
+    works as an encoder or decoder, as the contract ``decoder(z[, y_onehot])`` says."""
+    return net(h) if y_onehot is None else net(h, y_onehot)
+
+
 class VAE(nn.Module):
     def __init__(
         self,
@@ -84,13 +90,13 @@ class VAE(nn.Module):
         y_onehot = self.onehot(y)
         with pyro.plate("data", x.shape[0]):
             z = pyro.sample("z", self.prior(self.encoder))
-            out = self.decoder(z, y_onehot)
+            out = call_net(self.decoder, z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
 
     def guide(self, x, y=None):
         pyro.module(self.pyro_name, self)
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x, self.onehot(y))
+            loc, scale = call_net(self.encoder, x, self.onehot(y))
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # -- conveniences ---------------------------------------------------------------------
@@ -108,13 +114,13 @@ class VAE(nn.Module):
         self.check_labels(y, n)
         if z is None:
             z = self.prior(self.encoder).sample((n,))
-        return self.likelihood.mean(self.decoder(z, self.onehot(y)))
+        return self.likelihood.mean(call_net(self.decoder, z, self.onehot(y)))
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):
         """E[x | z = mean of q(z|x)]: the reconstruction through the posterior mean."""
-        loc, _ = self.encoder(x, self.onehot(y))
-        return self.likelihood.mean(self.decoder(loc, self.onehot(y)))
+        loc, _ = call_net(self.encoder, x, self.onehot(y))
+        return self.likelihood.mean(call_net(self.decoder, loc, self.onehot(y)))
 
     @property
     def device(self):
