@@ -32,6 +32,8 @@ class IWAE_ELBO(RenyiELBO):
             for site in trace.nodes.values():
                 if site["type"] == "sample":
                     log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
+        # a particle plate of size 1 leaves no particle dimension on the sites
+        log_w = log_w.reshape(self.num_particles, -1)
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 

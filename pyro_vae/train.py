@@ -82,7 +82,7 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         order = epoch_order(n, cfg.seed, state.epoch, train_x.device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {state.epoch + 1}/{t.epochs}", disable=not progress, leave=False)
-        with pyro.validation_enabled(False):
+        with pyro.validation_enabled(False), vae.parameters_registered(False):
             for start in range(0, n, t.batch_size):
                 if t.max_steps and state.step >= t.max_steps:
                     break
