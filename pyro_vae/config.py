@@ -163,7 +163,7 @@ def _check_type(key, value, default):
     else:
         ok = isinstance(value, str)
     if not ok:
-        expected = "a list of integers" if isinstance(default, list) else f"a {type(default).__name__}"
+        expected = {bool: "true or false", int: "an integer", float: "a number", list: "a list of integers"}.get(type(default), "a string")
         raise UserError(f"{key} must be {expected}, got {value!r}")
     return value
 
