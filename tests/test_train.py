@@ -1,0 +1,122 @@
+"""Training end to end: run folder contents, metrics, checkpoints, data modes, generation."""
+
+import csv
+
+import numpy as np
+import pyro
+import pytest
+import torch
+from PIL import Image
+
+from conftest import small_config
+from pyro_vae import checkpoint, data
+from pyro_vae import config as config_lib
+from pyro_vae.cli import main
+from pyro_vae.train import elbo_per_datum, load_dataset, train_run
+
+
+def read_metrics(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_folder_has_every_file_and_a_row_per_epoch(trained_run):
+    for name in ("config.toml", "checkpoint.pt", "metrics.csv", "samples.png", "reconstructions.png", "loss.png"):
+        assert (trained_run / name).stat().st_size > 0, name
+    rows = read_metrics(trained_run)
+    assert list(rows[0]) == ["epoch", "step", "train_elbo", "test_elbo", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert [int(r["step"]) for r in rows] == [20, 40]  # 2000 images / batch 100
+    assert all(float(r["test_elbo"]) < 0 for r in rows)  # log-probabilities of binary images
+    assert float(rows[1]["test_elbo"]) > float(rows[0]["test_elbo"])
+
+
+def test_training_beats_the_untrained_model(trained_run):
+    cfg, vae, _ = checkpoint.load_run(trained_run)
+    ds = load_dataset(cfg, torch.device("cpu"))
+    trained = elbo_per_datum(vae, ds.test, 500)
+    untrained = elbo_per_datum(checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
+    assert trained > untrained + 50
+    assert trained == pytest.approx(float(read_metrics(trained_run)[-1]["test_elbo"]), abs=1e-3)
+
+
+def test_config_toml_is_fully_resolved(trained_run):
+    cfg = config_lib.load(trained_run / "config.toml")
+    text = (trained_run / "config.toml").read_text()
+    assert cfg.model.latent_dim == 8 and "max_steps" in text and "binarize" in text and "objective" in text
+
+
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_same_model(trained_run):
+    payload = torch.load(trained_run / "checkpoint.pt", weights_only=True)
+    assert isinstance(payload["config"], str) and payload["state"]["epoch"] == 2
+    pyro.clear_param_store()  # loading must not depend on Pyro's global param store
+    _, vae, _ = checkpoint.load_run(trained_run)
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(tensor, payload["model"][name])
+
+
+def test_sample_grid_has_64_images(trained_run):
+    width, height = Image.open(trained_run / "samples.png").size
+    assert (width, height) == (8 * 30 + 2, 8 * 30 + 2)  # 28-pixel images with 2-pixel padding
+
+
+def test_generate_writes_png_and_npz(trained_run, tmp_path):
+    assert main(["generate", str(trained_run), "--n", "12", "--out", str(tmp_path / "g.npz")]) == 0
+    arrays = np.load(tmp_path / "g.npz")
+    assert arrays["images"].shape == (12, 28, 28) and arrays["images"].dtype == np.float32
+    assert 0 <= arrays["images"].min() and arrays["images"].max() <= 1
+    assert arrays["labels"].shape == (12,) and arrays["labels"].dtype == np.int64
+    assert main(["generate", str(trained_run), "--n", "12", "--seed", "0", "--out", str(tmp_path / "g2.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "g2.npz")["images"], arrays["images"])
+    assert main(["generate", str(trained_run), "--n", "16", "--out", str(tmp_path / "g.png")]) == 0
+    assert Image.open(tmp_path / "g.png").size == (8 * 30 + 2, 2 * 30 + 2)
+
+
+def test_max_steps_stops_mid_epoch(data_dir, tmp_path):
+    cfg = small_config(data_dir, "train.max_steps=7", "train.epochs=5")
+    _, state = train_run(cfg, tmp_path / "run", progress=False)
+    assert (state.step, state.epoch) == (7, 1)
+
+
+@pytest.mark.parametrize("objective, particles", [("mean_field", 1), ("iwae", 5), ("elbo", 3)])
+def test_objectives_train_from_the_config(data_dir, tmp_path, objective, particles):
+    cfg = small_config(data_dir, f"train.objective={objective}", f"train.num_particles={particles}", "train.epochs=1")
+    vae, _ = train_run(cfg, tmp_path / "run", progress=False)
+    ds = load_dataset(cfg, torch.device("cpu"))
+    untrained = elbo_per_datum(checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
+    assert float(read_metrics(tmp_path / "run")[0]["test_elbo"]) > untrained + 50
+
+
+def test_static_binarization_is_one_fixed_draw(data_dir):
+    cfg = small_config(data_dir, "data.binarize=static")
+    a, b = (load_dataset(cfg, torch.device("cpu")) for _ in range(2))
+    assert torch.equal(a.train.x, b.train.x) and set(a.train.x.unique().tolist()) == {0.0, 1.0}
+    dynamic = load_dataset(small_config(data_dir), torch.device("cpu"))
+    assert dynamic.train.x.unique().numel() > 2  # grey: drawn afresh for every batch
+    assert torch.equal(dynamic.test.x, load_dataset(small_config(data_dir), torch.device("cpu")).test.x)
+    assert set(dynamic.test.x.unique().tolist()) == {0.0, 1.0}
+
+
+def test_no_binarization_keeps_grey_levels(data_dir):
+    ds = load_dataset(small_config(data_dir, "data.binarize=none", "model.likelihood=continuous_bernoulli"), torch.device("cpu"))
+    raw = data.load_mnist(data_dir)
+    assert torch.equal(ds.test.x, raw.test.x[:500])
+
+
+def test_user_arrays_train_through_the_cli(tmp_path):
+    rng = np.random.default_rng(0)
+    x = (rng.random((300, 36)) < 0.3).astype(np.float32)
+    np.savez(tmp_path / "mine.npz", x=x, y=rng.integers(0, 3, 300))
+    argv = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--set", f'data.path="{tmp_path / "mine.npz"}"',
+            "--set", "data.binarize=none", "--set", "model.latent_dim=2", "--set", "model.conditional=true",
+            "--set", "train.epochs=1", "--set", "train.batch_size=50"]
+    assert main(argv) == 0
+    _, vae, payload = checkpoint.load_run(tmp_path / "run")
+    assert (vae.input_dim, vae.num_classes, tuple(payload["image_shape"])) == (36, 3, (6, 6))
+    assert len(read_metrics(tmp_path / "run")) == 1
+
+
+def test_user_npy_holds_out_a_test_split(tmp_path):
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((50, 5)).astype(np.float32))
+    ds = data.load_arrays(tmp_path / "x.npy")
+    assert (len(ds.train), len(ds.test), ds.num_classes) == (45, 5, None)
