@@ -111,3 +111,18 @@ def test_every_key_of_the_design_exists():
         for part in dotted.split("."):
             assert part in {f.name for f in dataclasses.fields(node)}, dotted
             node = getattr(node, part)
+
+
+def test_every_key_is_in_the_configuration_reference():
+    reference = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text()
+
+    def keys(node, prefix=""):
+        for f in dataclasses.fields(node):
+            value = getattr(node, f.name)
+            if dataclasses.is_dataclass(value):
+                yield from keys(value, prefix + f.name + ".")
+            else:
+                yield prefix + f.name
+
+    missing = [key for key in keys(config.load()) if f"`{key}`" not in reference]
+    assert not missing
