@@ -4,6 +4,7 @@ Every ``UserError`` becomes one line on stderr and exit status 2.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,12 +49,16 @@ def build_parser():
 
 
 def cmd_train(args):
-    from . import config
+    from . import config, distributed
     from .train import train_run
 
     cfg = config.load(args.config, args.overrides)
-    train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    print(f"wrote {args.out}: config.toml, checkpoint.pt, metrics.csv, samples.png, reconstructions.png, loss.png")
+    try:
+        train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    finally:
+        distributed.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {args.out}: config.toml, checkpoint.pt, metrics.csv, samples.png, reconstructions.png, loss.png")
 
 
 def cmd_evaluate(args):

@@ -17,8 +17,9 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, data, plots
+from . import checkpoint, data, distributed, noise, plots
 from . import config as config_lib
+from .data import Split
 from .errors import UserError
 from .objectives import make_objective
 
@@ -51,47 +52,75 @@ def epoch_order(n, seed, epoch, device):
     return torch.randperm(n, generator=g).to(device)
 
 
+class LossModule(torch.nn.Module):
+    """The objective over the VAE's model and guide as a module, so that
+    ``DistributedDataParallel`` can wrap it (in a world of one it is called directly)."""
+
+    def __init__(self, vae, objective):
+        super().__init__()
+        self.vae, self.objective = vae, objective
+
+    def forward(self, x, y, noise):
+        with noise:
+            return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+
+
 @torch.no_grad()
-def elbo_per_datum(vae, split, batch_size, seed=0):
+def elbo_per_datum(vae, split, batch_size, seed=0, world=distributed.World()):
     """Mean single-sample ELBO over ``split`` in nats per datum, with a fixed seed so repeated
-    evaluations are comparable, and without disturbing the training RNG stream."""
+    evaluations are comparable, and without disturbing the global RNG stream. Under torchrun
+    each process scores its shard and the sums are all-reduced, so the mean covers all of it."""
     objective = make_objective("elbo")
+    shard = Split(split.x[world.shard(len(split))], None if split.y is None else split.y[world.shard(len(split))])
     total = 0.0
     with torch.random.fork_rng(devices=[split.x.device] if split.x.device.type == "cuda" else []), pyro.validation_enabled(False):
         torch.manual_seed(seed)
-        for start in range(0, len(split), batch_size):
-            x = split.x[start : start + batch_size]
-            y = None if split.y is None else split.y[start : start + batch_size]
+        for start in range(0, len(shard), batch_size):
+            x = shard.x[start : start + batch_size]
+            y = None if shard.y is None else shard.y[start : start + batch_size]
             total -= objective.differentiable_loss(vae.model, vae.guide, x, y).item()
-    return total / len(split)
+    total, count = world.sum(total, len(shard), device=split.x.device)
+    return total / count
 
 
-def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=True):
+def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=True, world=distributed.World()):
     """Train ``vae`` on ``ds`` (a :class:`data.Dataset` already on the VAE's device) as ``cfg.train``
-    says. ``on_epoch(state, optimizer)`` runs after every epoch (checkpointing). Returns the state."""
+    says. ``on_epoch(state, optimizer)`` runs after every epoch (checkpointing). Returns the state.
+
+    Every global batch of ``train.batch_size`` is split over the ``world``'s processes; the random
+    numbers of a batch depend only on (seed, batch number) (see :mod:`pyro_vae.noise`), so the
+    parameters do not depend on how many processes share the work, nor on restarts. Under
+    torchrun, a final batch smaller than the number of processes is dropped.
+    """
     t = cfg.train
     state = state or TrainState()
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=t.lr)
-    objective = make_objective(t.objective, t.num_particles)
+    runner = distributed.wrap(LossModule(vae, make_objective(t.objective, t.num_particles)), world)
     train_x, train_y = ds.train.x, ds.train.y
-    n = len(ds.train)
+    n, device = len(ds.train), train_x.device
     steps_per_epoch = math.ceil(n / t.batch_size)
     dynamic = cfg.data.binarize == "dynamic"
+    progress = progress and world.is_main
     vae.train()
     while state.epoch < t.epochs and not (t.max_steps and state.step >= t.max_steps):
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        order = epoch_order(n, cfg.seed, state.epoch, train_x.device)
+        order = epoch_order(n, cfg.seed, state.epoch, device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {state.epoch + 1}/{t.epochs}", disable=not progress, leave=False)
         with pyro.validation_enabled(False), vae.parameters_registered(False):
-            for start in range(0, n, t.batch_size):
+            for batch, start in enumerate(range(0, n, t.batch_size)):
                 if t.max_steps and state.step >= t.max_steps:
                     break
                 idx = order[start : start + t.batch_size]
-                x = train_x[idx]
-                x = torch.bernoulli(x) if dynamic else x
-                y = None if train_y is None else train_y[idx]
-                loss = objective.differentiable_loss(vae.model, vae.guide, x, y)
-                value = loss.item()
+                if len(idx) < world.size:
+                    break
+                rows = world.shard(len(idx))
+                generator = noise.step_generator(cfg.seed, state.epoch * steps_per_epoch + batch, device)
+                x = train_x[idx[rows]]
+                if dynamic:
+                    x = (torch.rand(len(idx), x.shape[1], generator=generator, device=device)[rows] < x).to(x.dtype)
+                y = None if train_y is None else train_y[idx[rows]]
+                loss = runner(x, y, noise.ShardNoise(generator, len(idx), rows))
+                (value,) = world.sum(loss.item(), device=device)
                 if not math.isfinite(value):
                     if t.nan_policy == "stop":
                         raise UserError(
@@ -102,7 +131,7 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
                     bar.update()
                     continue
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss * world.size).backward()
                 optimizer.step()
                 state.step += 1
                 loss_sum += value
@@ -114,7 +143,7 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
             group["lr"] *= t.lr_decay
         state.epoch += 1
         vae.eval()
-        test_elbo = elbo_per_datum(vae, ds.test, t.eval_batch_size, cfg.seed)
+        test_elbo = elbo_per_datum(vae, ds.test, t.eval_batch_size, cfg.seed, world)
         vae.train()
         row = {
             "epoch": state.epoch,
@@ -127,8 +156,9 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
         if progress:
             skipped = f", {state.skipped} non-finite batches skipped" if state.skipped else ""
             tqdm.write(f"epoch {state.epoch}: train ELBO {row['train_elbo']:.2f}, test ELBO {test_elbo:.2f} nats/datum, {row['seconds']:.1f}s{skipped}")
-        if on_epoch is not None:
+        if on_epoch is not None and world.is_main:
             on_epoch(state, optimizer)
+        world.barrier()
     vae.eval()
     return state
 
@@ -145,7 +175,7 @@ def check_data(vae, ds, binarize):
     """Bad data is caught here, once, rather than as NaNs halfway through training."""
     for split in (ds.train, ds.test):
         if split.x.shape[1] != vae.input_dim:
-            raise UserError(f"the data have {split.x.shape[1]} features per datum but the model expects {vae.input_dim}")
+            raise UserError(f"the data have {split.x.shape[1]} features per datum but the model expects {vae.input_dim}; use the data the run was trained on")
         if not torch.isfinite(split.x).all():
             raise UserError("the data contain NaN or inf values; clean or drop those rows before training")
         vae.check_labels(split.y, len(split))
@@ -162,25 +192,14 @@ def metrics_csv(history):
     return buffer.getvalue()
 
 
-def rng_state():
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def prepare_run_dir(out, cfg, resume, overwrite):
     """Refuse to clobber a different run; on resume return the checkpoint to continue from."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; pick a folder for the run")
     has_run = out.is_dir() and any((out / name).exists() for name in RUN_FILES)
+    if resume and has_run and not (out / "checkpoint.pt").exists():
+        raise UserError(f"--resume: {out} has no checkpoint.pt (the run stopped before its first epoch ended); start it again with --overwrite")
     if resume:
         payload = checkpoint.load(out / "checkpoint.pt")
         stored = config_lib.loads(payload["config"])
@@ -197,9 +216,17 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True):
     """Train as ``cfg`` says into run folder ``out``; see the module docstring."""
     out = Path(out)
     payload = prepare_run_dir(out, cfg, resume, overwrite)
+    world = distributed.init(cfg.train.device)
     device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     pyro.set_rng_seed(cfg.seed)
     ds = load_dataset(cfg, device)
+    if payload is not None and (payload["input_dim"], payload["num_classes"]) != (ds.input_dim, ds.num_classes):
+        raise UserError(
+            f"--resume: {out} was trained on data of {payload['input_dim']} features per datum ({payload['num_classes'] or 'no'} label classes) "
+            f"but the data now have {ds.input_dim} ({ds.num_classes or 'no'} label classes); resume with the data it was trained on or start a new run"
+        )
     vae = checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes)
     check_data(vae, ds, cfg.data.binarize)
     ds = data.Dataset(ds.train.to(device), ds.test.to(device), ds.image_shape, ds.num_classes)
@@ -210,9 +237,10 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True):
         checkpoint.load_weights(vae, payload["model"], out / "checkpoint.pt")
         optimizer.load_state_dict(payload["optimizer"])
         state = TrainState(**payload["state"])
-        set_rng_state(payload["rng"])
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.atomic_write_text(out / "config.toml", cfg.to_toml())
+    world.barrier()  # every process has checked the run folder before the main one writes to it
+    if world.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.atomic_write_text(out / "config.toml", cfg.to_toml())
 
     def save(state, optimizer):
         checkpoint.save(
@@ -226,11 +254,11 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True):
                 "model": vae.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "state": vars(state).copy(),
-                "rng": rng_state(),
             },
         )
         checkpoint.atomic_write_text(out / "metrics.csv", metrics_csv(state.history))
 
-    state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress)
-    plots.write_run_figures(out, vae, ds, state.history)
+    state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress, world=world)
+    if world.is_main:
+        plots.write_run_figures(out, vae, ds, state.history)
     return vae, state

@@ -1,0 +1,75 @@
+"""Data-parallel training under torchrun: two CPU processes (gloo) match one process."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import small_config
+from pyro_vae import checkpoint
+from pyro_vae.distributed import World
+from pyro_vae.train import train_run
+
+OVERRIDES = ["data.limit=400", "data.test_limit=200", "train.batch_size=50", "train.epochs=2", "model.latent_dim=4",
+             "model.encoder.hidden=[32]", "model.decoder.hidden=[32]"]
+
+
+def torchrun(nproc, argv, **kwargs):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "pyro_vae", *argv]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def set_args(data_dir, overrides):
+    args = []
+    for item in [f'data.dir="{data_dir}"', "train.device=cpu", *overrides]:
+        args += ["--set", item]
+    return args
+
+
+@pytest.mark.parametrize("objective", ["elbo", "iwae"])
+def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, objective):
+    overrides = OVERRIDES + [f"train.objective={objective}", f"train.num_particles={1 if objective == 'elbo' else 3}"]
+    train_run(small_config(data_dir, *overrides), tmp_path / "one", progress=False)
+    result = torchrun(2, ["train", "--out", str(tmp_path / "two"), "--no-progress", *set_args(data_dir, overrides)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert one["state"]["step"] == two["state"]["step"] == 16
+    for name, tensor in one["model"].items():
+        assert torch.allclose(tensor, two["model"][name], rtol=1e-4, atol=1e-6), name
+    # the reported test ELBO covers the whole test set, reduced over both processes
+    assert one["state"]["history"][-1]["test_elbo"] == pytest.approx(two["state"]["history"][-1]["test_elbo"], abs=0.5)
+    assert one["state"]["history"][-1]["train_elbo"] == pytest.approx(two["state"]["history"][-1]["train_elbo"], rel=1e-5)
+
+
+def test_only_the_main_process_writes_and_prints(data_dir, tmp_path):
+    result = torchrun(2, ["train", "--out", str(tmp_path / "run"), *set_args(data_dir, OVERRIDES)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["checkpoint.pt", "config.toml", "loss.png", "metrics.csv", "reconstructions.png", "samples.png"]
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("epoch,step") == 1
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
+    assert result.stdout.count("wrote ") == 1
+    assert result.stderr.count("epoch 2: train ELBO") == 1 or result.stdout.count("epoch 2: train ELBO") == 1
+
+
+def test_resume_under_torchrun_continues_the_run(data_dir, tmp_path):
+    args = ["train", "--out", str(tmp_path / "run"), "--no-progress", *set_args(data_dir, OVERRIDES)]
+    first = torchrun(2, args + ["--set", "train.epochs=1"])
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = torchrun(2, args + ["--resume"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    train_run(small_config(data_dir, *OVERRIDES), tmp_path / "one", progress=False)
+    resumed = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    straight = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    assert resumed["state"]["epoch"] == 2
+    for name, tensor in straight["model"].items():
+        assert torch.allclose(tensor, resumed["model"][name], rtol=1e-4, atol=1e-6), name
+
+
+@pytest.mark.parametrize("n, size", [(100, 2), (101, 2), (7, 3), (5, 1)])
+def test_shards_cover_the_batch_once(n, size):
+    rows = [World(rank, size).shard(n) for rank in range(size)]
+    covered = [i for r in rows for i in range(n)[r]]
+    assert covered == list(range(n))
