@@ -19,6 +19,7 @@ from .errors import UserError
 from .model import VAE
 
 FORMAT_VERSION = 1
+PAYLOAD_KEYS = {"format", "config", "input_dim", "num_classes", "model"}
 
 
 def atomic_write_bytes(path, data):
@@ -55,16 +56,33 @@ def load(path, map_location="cpu"):
     path = Path(path)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}; train first with `pyro-vae train --out {path.parent}`")
+    check_archive(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         reason = str(e).splitlines()[0] if "weights_only" not in str(e) else "it contains pickled Python objects"
         raise UserError(f"refusing to load {path}: {reason}; only checkpoints written by pyro-vae (tensors and plain data) are loaded") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise UserError(f"checkpoint {path} is truncated or corrupted ({str(e).splitlines()[0][:120]}); retrain, or restore it from a copy") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or "model" not in payload:
+        raise corrupted(path, str(e)) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not PAYLOAD_KEYS <= payload.keys():
         raise UserError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}); retrain with this version of pyro-vae")
     return payload
+
+
+def check_archive(path):
+    """``torch.save`` writes a zip archive holding a CRC-32 of every member, which ``torch.load``
+    does not verify: flipped bits in the weights would load silently. ``testzip`` checks them."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as e:
+        raise corrupted(path, str(e)) from None
+    if bad is not None:
+        raise corrupted(path, f"{bad} fails its CRC-32 check")
+
+
+def corrupted(path, reason):
+    return UserError(f"checkpoint {path} is truncated or corrupted ({reason.splitlines()[0][:120]}); retrain, or restore it from a copy")
 
 
 def build_vae(cfg, input_dim, num_classes):

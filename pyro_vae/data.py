@@ -43,17 +43,29 @@ class Dataset:
         return self.train.x.shape[1]
 
 
+DEFAULT_ROOT = Path.home() / ".cache" / "pyro_vae"
+
+
 def data_root(configured):
-    return configured or os.environ.get("PYRO_VAE_DATA") or str(Path.home() / ".cache" / "pyro_vae")
+    return configured or os.environ.get("PYRO_VAE_DATA") or str(DEFAULT_ROOT)
 
 
 def load_mnist(root):
+    """MNIST from the torchvision root ``root``. Only the default cache folder is downloaded into:
+    a folder the user named must already hold the files, so a typo in data.dir or an offline
+    machine fails at once with the place the files go, instead of waiting on the network."""
     from torchvision.datasets import MNIST
 
+    present = _mnist_present(root)
+    if not present and Path(root) != DEFAULT_ROOT:
+        raise UserError(
+            f"MNIST is not under {Path(root) / 'MNIST' / 'raw'}; put the four files {', '.join(MNIST_FILES)} there, "
+            f"point data.dir / PYRO_VAE_DATA at a folder that has them, or unset both to download MNIST into {DEFAULT_ROOT}"
+        )
     splits = []
     for train in (True, False):
         try:
-            ds = MNIST(root, train=train, download=not _mnist_present(root))
+            ds = MNIST(root, train=train, download=not present)
         except Exception as e:  # torchvision raises RuntimeError or URLError depending on what failed
             raise UserError(
                 f"MNIST is not under {Path(root) / 'MNIST' / 'raw'} and could not be downloaded ({type(e).__name__}); "

@@ -9,6 +9,8 @@ import math
 import torch
 from torch import nn
 
+from .errors import UserError
+
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
 NETWORK_TYPES = ("mlp", "conv")
 
@@ -58,7 +60,10 @@ class MLPDecoder(nn.Module):
 def image_side(input_dim):
     side = math.isqrt(input_dim)
     if side * side != input_dim or side % 4:
-        raise ValueError(f"conv networks need square images with a side divisible by 4, got {input_dim} pixels")
+        raise UserError(
+            f"conv networks need square images with a side divisible by 4, but the data have {input_dim} pixels per datum; "
+            "use model.encoder.type = \"mlp\" and model.decoder.type = \"mlp\", or pad the images"
+        )
     return side
 
 

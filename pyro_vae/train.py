@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +107,9 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         order = epoch_order(n, cfg.seed, state.epoch, device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {state.epoch + 1}/{t.epochs}", disable=not progress, leave=False)
-        with pyro.validation_enabled(False), vae.parameters_registered(False):
+        with pyro.validation_enabled(False), vae.parameters_registered(False), warnings.catch_warnings():
+            # a non-finite loss is reported below as one line; Pyro's own two-line warning would precede it
+            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
             for batch, start in enumerate(range(0, n, t.batch_size)):
                 if t.max_steps and state.step >= t.max_steps:
                     break

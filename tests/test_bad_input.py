@@ -1,0 +1,231 @@
+"""Every user mistake ends the same way: one line on stderr saying what is wrong and how to fix
+it, exit status 2, no traceback, and nothing on disk created or written over.
+
+One table, one test. Each row builds its situation in a fresh folder and returns the command
+line; the test snapshots every file under that folder, runs the CLI (in-process, or as a real
+``python -m pyro_vae`` subprocess for a few rows) and checks the outcome and that the snapshot
+is unchanged byte for byte (so no partial run folder and no torchvision download folders).
+"""
+
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae import cli, config
+from pyro_vae.likelihoods import LIKELIHOODS
+from pyro_vae.priors import PRIORS
+from pyro_vae.train import train_run
+
+
+class Workspace:
+    """The row's folder, plus the runs a row may start from (copied in, so they can be damaged)."""
+
+    def __init__(self, tmp, data_dir, request):
+        self.tmp, self.data_dir, self.request = tmp, data_dir, request
+
+    def path(self, name):
+        return str(self.tmp / name)
+
+    def mnist_run(self):
+        """A copy of the session's small trained MNIST run."""
+        return self._copy(self.request.getfixturevalue("trained_run"), "run")
+
+    def _copy(self, src, name):
+        shutil.copytree(src, self.tmp / name)
+        return self.tmp / name
+
+    def array(self, name, **arrays):
+        """A user data file: ``x`` alone as .npy, anything more as .npz."""
+        path = self.tmp / name
+        if path.suffix == ".npy":
+            np.save(path, arrays["x"])
+        else:
+            np.savez(path, **arrays)
+        return path
+
+    def array_run(self, features):
+        """A tiny run trained on a user .npy of binary pixels; returns (run folder, data file, its overrides)."""
+        data = self.array("pixels.npy", x=(np.random.default_rng(0).random((40, features)) > 0.5).astype(np.float32))
+        overrides = [f'data.path="{data}"', "data.binarize=none", "model.latent_dim=2", "model.encoder.hidden=[8]",
+                     "model.decoder.hidden=[8]", "train.batch_size=10", "train.epochs=1", "train.device=cpu"]
+        train_run(config.load(None, overrides), self.tmp / "arun", progress=False)
+        return self.tmp / "arun", data, overrides
+
+
+def sets(*overrides):
+    return [arg for item in overrides for arg in ("--set", item)]
+
+
+def train_on(ws, data_path, *overrides):
+    """Train on a user array (a run that never gets as far as training)."""
+    return ["train", "--out", ws.path("new_run"), *sets(f'data.path="{data_path}"', "train.device=cpu", *overrides)]
+
+
+def small(ws, *overrides):
+    """The small MNIST config of tests/conftest.py as --set arguments."""
+    return sets(f'data.dir="{ws.data_dir}"', "data.limit=2000", "data.test_limit=500", "model.latent_dim=8",
+                "model.encoder.hidden=[64]", "model.decoder.hidden=[64]", "train.epochs=2", "train.device=cpu", *overrides)
+
+
+def damage_checkpoint(ws, how):
+    run = ws.mnist_run()
+    ckpt = run / "checkpoint.pt"
+    blob = ckpt.read_bytes()
+    if how == "truncate":
+        ckpt.write_bytes(blob[: len(blob) // 2])
+    elif how == "flip":  # inside the weights: torch.load itself would not notice
+        middle = len(blob) // 2
+        ckpt.write_bytes(blob[:middle] + bytes(b ^ 0xFF for b in blob[middle : middle + 64]) + blob[middle + 64 :])
+    elif how == "delete":
+        ckpt.unlink()
+    elif how == "latent_dim":  # a checkpoint whose stored config describes another model
+        payload = torch.load(ckpt, weights_only=True)
+        payload["config"] = payload["config"].replace("latent_dim = 8", "latent_dim = 9")
+        torch.save(payload, ckpt)
+    return run
+
+
+def bad_toml(ws):
+    path = ws.tmp / "bad.toml"
+    path.write_text("seed = 1\n[model]\nlatent_dim = = 3\n")
+    return ["train", "--config", str(path), "--out", ws.path("new_run")]
+
+
+def resume_other_data(ws):
+    run, data, overrides = ws.array_run(features=16)
+    np.save(data, np.zeros((40, 25), dtype=np.float32))
+    return ["train", "--out", str(run), "--resume", *sets(*overrides)]
+
+
+def evaluate_other_data(ws):
+    run, data, _ = ws.array_run(features=16)
+    np.save(data, np.zeros((40, 25), dtype=np.float32))
+    return ["evaluate", str(run), "--num-samples", "2"]
+
+
+def mnist_missing(ws):
+    """data.dir names an empty folder: fail at once (no download attempt, no folders made in it)."""
+    (ws.tmp / "empty").mkdir()
+    return ["train", "--out", ws.path("new_run"), *sets(f'data.dir="{ws.path("empty")}"')]
+
+
+def killed_in_first_epoch(ws):
+    """What a kill during epoch 1 leaves: the resolved config and no checkpoint yet."""
+    run = ws.mnist_run()
+    for path in run.iterdir():
+        if path.name != "config.toml":
+            path.unlink()
+    return ["train", "--out", str(run), "--resume", *small(ws)]
+
+
+@dataclass
+class Row:
+    id: str
+    setup: object  # Workspace -> argv
+    expected: tuple  # substrings of the one stderr line: what is wrong, and the fix
+    subprocess: bool = False
+
+
+GREY = np.full((10, 4), 0.5, dtype=np.float32)
+ROWS = [
+    Row("unknown prior", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.prior=flat")],
+        ("unknown prior 'flat' for model.prior", f"valid names: {', '.join(PRIORS.names())}"), subprocess=True),
+    Row("unknown likelihood", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.likelihood=poisson")],
+        ("unknown likelihood 'poisson' for model.likelihood", f"valid names: {', '.join(LIKELIHOODS.names())}")),
+    Row("unknown objective", lambda ws: ["train", "--out", ws.path("new_run"), *sets("train.objective=vimco")],
+        ("train.objective = 'vimco' is not valid", f"choose one of: {', '.join(config.OBJECTIVES)}")),
+    Row("unknown config key", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.latnt_dim=3")],
+        ("unknown config key 'model.latnt_dim'", "valid keys:", "model.latent_dim")),
+    Row("negative latent size", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.latent_dim=-1")],
+        ("model.latent_dim must be at least 1, got -1",)),
+    Row("zero batch size", lambda ws: ["train", "--out", ws.path("new_run"), *sets("train.batch_size=0")],
+        ("train.batch_size must be at least 1, got 0",)),
+    Row("zero importance samples", lambda ws: ["evaluate", str(ws.mnist_run()), "--num-samples", "0"],
+        ("--num-samples must be at least 1, got 0",)),
+    Row("TOML syntax error", bad_toml, ("bad.toml is not valid TOML", "line 3")),
+    Row("strings as data", lambda ws: train_on(ws, ws.array("s.npy", x=np.array([["a", "b"]] * 10))),
+        ("'x' must be a numeric array of shape (N, D) or (N, H, W)", "<U1 (10, 2)")),
+    Row("4-D data", lambda ws: train_on(ws, ws.array("d4.npy", x=np.zeros((10, 2, 2, 2)))),
+        ("'x' must be a numeric array of shape (N, D) or (N, H, W)", "(10, 2, 2, 2)")),
+    Row("conv nets on non-square data", lambda ws: train_on(ws, ws.array("d10.npy", x=np.zeros((10, 10))), "model.encoder.type=conv"),
+        ("conv networks need square images", "10 pixels per datum", 'model.encoder.type = "mlp"')),
+    Row("resume on data of another width", resume_other_data,
+        ("was trained on data of 16 features per datum", "now have 25", "resume with the data it was trained on")),
+    Row("evaluate on data of another width", evaluate_other_data,
+        ("the data have 25 features per datum but the model expects 16", "use the data the run was trained on")),
+    Row("NaN in the data", lambda ws: train_on(ws, ws.array("nan.npy", x=np.where(np.eye(10, 4) > 0, np.nan, 0.0))),
+        ("'x' contains NaN or inf values", "clean or drop those rows")),
+    Row("inf in the test data", lambda ws: train_on(ws, ws.array("inf.npz", x=GREY, x_test=np.full((5, 4), np.inf))),
+        ("'x_test' contains NaN or inf values", "clean or drop those rows")),
+    Row("pixels outside [0, 1] with binarization", lambda ws: train_on(ws, ws.array("big.npy", x=GREY * 4)),
+        ('data.binarize = "dynamic" needs pixels in [0, 1]', 'set data.binarize = "none"')),
+    Row("grey pixels for bernoulli without binarization", lambda ws: train_on(ws, ws.array("grey.npy", x=GREY), "data.binarize=none"),
+        ("likelihood 'bernoulli' needs binary pixels", 'set data.binarize = "dynamic" or "static"')),
+    Row("negative labels", lambda ws: train_on(ws, ws.array("neg.npz", x=GREY, y=np.arange(10) - 1), "model.conditional=true"),
+        ("'y' has negative labels", "labels must be 0..num_classes-1")),
+    Row("test labels out of range",
+        lambda ws: train_on(ws, ws.array("range.npz", x=GREY, y=np.arange(10) % 3, x_test=GREY[:4], y_test=np.array([0, 1, 2, 7])),
+                            "model.conditional=true"),
+        ("labels must lie in 0..2", "got values from 0 to 7")),
+    Row("missing labels for a conditional model", lambda ws: train_on(ws, ws.array("nolabels.npy", x=GREY), "model.conditional=true"),
+        ("model.conditional = true needs labels", "give 'y' in the data file")),
+    Row("MNIST missing offline", mnist_missing,
+        ("MNIST is not under", "empty/MNIST/raw", "put the four files train-images-idx3-ubyte"), subprocess=True),
+    Row("missing checkpoint", lambda ws: ["evaluate", str(damage_checkpoint(ws, "delete")), "--num-samples", "2"],
+        ("no checkpoint at", "train first with `pyro-vae train --out")),
+    Row("resume without a run", lambda ws: ["train", "--out", ws.path("new_run"), "--resume", *small(ws)],
+        ("no checkpoint at", "new_run/checkpoint.pt", "train first")),
+    Row("resume a run killed before its first checkpoint", killed_in_first_epoch,
+        ("has no checkpoint.pt (the run stopped before its first epoch ended)", "start it again with --overwrite")),
+    Row("truncated checkpoint", lambda ws: ["generate", str(damage_checkpoint(ws, "truncate")), "--out", ws.path("x.png")],
+        ("is truncated or corrupted", "restore it from a copy"), subprocess=True),
+    Row("truncated checkpoint on resume", lambda ws: ["train", "--out", str(damage_checkpoint(ws, "truncate")), "--resume", *small(ws)],
+        ("is truncated or corrupted", "restore it from a copy")),
+    Row("corrupted checkpoint", lambda ws: ["evaluate", str(damage_checkpoint(ws, "flip")), "--num-samples", "2"],
+        ("is truncated or corrupted", "fails its CRC-32 check", "restore it from a copy")),
+    Row("checkpoint config does not match its weights", lambda ws: ["generate", str(damage_checkpoint(ws, "latent_dim")), "--out", ws.path("x.npz")],
+        ("does not match the model its config describes", "size mismatch", "use the config.toml it was trained with")),
+    Row("run folder holds another run", lambda ws: ["train", "--out", str(ws.mnist_run()), *small(ws, "seed=1")],
+        ("already holds a run", "add --resume to continue it, --overwrite to replace it")),
+    Row("resume with another config", lambda ws: ["train", "--out", str(ws.mnist_run()), "--resume", *small(ws, "model.latent_dim=9")],
+        ("the config differs", "only train.epochs and train.max_steps may change")),
+]
+
+
+def snapshot(root):
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else "folder" for p in sorted(root.rglob("*"))}
+
+
+def run_cli(argv, in_subprocess, cwd, capsys):
+    """(exit status, stdout, stderr) of ``pyro-vae argv``."""
+    if in_subprocess:
+        done = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], cwd=cwd, capture_output=True, text=True, timeout=300)
+        return done.returncode, done.stdout, done.stderr
+    status = cli.main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.id for row in ROWS])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(row, tmp_path, data_dir, request, capsys, recwarn):
+    argv = row.setup(Workspace(tmp_path, data_dir, request))
+    capsys.readouterr()  # whatever setting the row up printed
+    recwarn.clear()
+    before = snapshot(tmp_path)
+
+    status, out, err = run_cli(argv, row.subprocess, tmp_path, capsys)
+
+    assert status == 2, err
+    assert "Traceback" not in err
+    assert err.startswith("pyro-vae: error: ") and err.count("\n") == 1 and err.endswith("\n"), err
+    for words in row.expected:
+        assert words in err
+    assert out == ""
+    assert [str(w.message) for w in recwarn] == []  # in-process, a warning would be more lines on stderr
+    assert snapshot(tmp_path) == before

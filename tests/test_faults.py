@@ -1,0 +1,190 @@
+"""Faults: a killed run resumes exactly, a NaN loss stops cleanly (or is skipped), a checkpoint
+carrying pickled code is refused without running it, and a failed write leaves the old file.
+"""
+
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import small_config
+from pyro_vae import checkpoint, cli
+from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
+from pyro_vae.train import train_run
+
+
+def weights(run):
+    return checkpoint.load(run / "checkpoint.pt")["model"]
+
+
+def next_checkpoint(path, proc, timeout=600):
+    """Wait until ``path`` is (re)written, that is, an epoch ends; return the time it happened."""
+    previous = path.stat().st_ino if path.exists() else None
+    deadline = time.monotonic() + timeout
+    while not path.exists() or path.stat().st_ino == previous:  # each save renames a new file into place
+        assert proc.poll() is None, f"training exited with status {proc.returncode} before the next checkpoint"
+        assert time.monotonic() < deadline, f"no new {path.name} after {timeout}s"
+        time.sleep(0.002)
+    return time.monotonic()
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
+    cfg = small_config(data_dir, "train.epochs=4")
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(cfg.to_toml())
+    killed = tmp_path / "killed"
+    command = [sys.executable, "-m", "pyro_vae", "train", "--config", str(config_file), "--out", str(killed), "--no-progress"]
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = next_checkpoint(killed / "checkpoint.pt", proc)
+        second = next_checkpoint(killed / "checkpoint.pt", proc)
+        time.sleep((second - first) / 2)  # half an epoch: the middle of epoch 3
+        assert proc.poll() is None, "training finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    _, _, payload = checkpoint.load_run(killed)  # the last complete checkpoint reads back
+    assert 2 <= payload["state"]["epoch"] < cfg.train.epochs  # killed inside an epoch, before the last ended
+
+    resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    straight = tmp_path / "straight"
+    train_run(cfg, straight, progress=False)
+
+    final, reference = weights(killed), weights(straight)
+    assert final.keys() == reference.keys()
+    for name in reference:
+        assert torch.equal(final[name], reference[name]), name
+    assert (killed / "metrics.csv").read_text().count("\n") == 1 + cfg.train.epochs
+
+
+class NaNAt(Bernoulli):
+    """A Bernoulli likelihood whose log-likelihood is NaN on the given training calls (counted
+    from 1; evaluation calls do not count): a loss that blows up at a known step."""
+
+    name = "nan_at"
+
+    def __init__(self, input_dim, *, calls=()):
+        super().__init__(input_dim)
+        self.bad, self.count = set(calls), 0
+
+    def forward(self, out):
+        if self.training:
+            self.count += 1
+            if self.count in self.bad:
+                out = out * math.nan
+        return super().forward(out)
+
+
+@pytest.fixture
+def nan_at(monkeypatch):
+    monkeypatch.setitem(LIKELIHOODS._classes, NaNAt.name, NaNAt)
+
+
+def nan_config(data_dir, calls, *overrides):
+    return small_config(data_dir, f'model.likelihood={{type="nan_at", calls={calls}}}', *overrides)
+
+
+def steps_per_epoch(cfg):
+    return math.ceil(cfg.data.limit / cfg.train.batch_size)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(nan_at, data_dir, tmp_path, capsys, recwarn):
+    epoch_steps = steps_per_epoch(small_config(data_dir))
+    bad_step = epoch_steps + 4  # in epoch 2, after the first checkpoint
+    cfg = nan_config(data_dir, [bad_step])
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(cfg.to_toml())
+    run = tmp_path / "run"
+
+    status = cli.main(["train", "--config", str(config_file), "--out", str(run), "--no-progress"])
+
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert [str(w.message) for w in recwarn] == []  # run as a command, a warning would be more lines on stderr
+    assert f"the loss became nan at step {bad_step} (epoch 2)" in err
+    assert "last good checkpoint is kept" in err and "lower train.lr" in err and "likelihood scale" in err
+    _, vae, payload = checkpoint.load_run(run)
+    assert payload["state"]["epoch"] == 1 and payload["state"]["step"] == epoch_steps
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    assert (run / "metrics.csv").read_text().count("\n") == 2  # header and epoch 1
+
+
+def test_nan_policy_skip_skips_and_counts_the_bad_batches(nan_at, data_dir, tmp_path):
+    bad_calls = [3, 5, 12]
+    cfg = nan_config(data_dir, bad_calls, "train.nan_policy=skip", "train.epochs=1")
+
+    vae, state = train_run(cfg, tmp_path / "run", progress=False)
+
+    assert state.skipped == len(bad_calls)
+    assert state.epoch == cfg.train.epochs
+    assert state.step == cfg.train.epochs * steps_per_epoch(cfg) - len(bad_calls)
+    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["state"]["skipped"] == len(bad_calls)
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+    assert all(math.isfinite(row["train_elbo"]) for row in state.history)
+
+
+class OpensAFile:
+    """Unpickling this calls ``open(path, "w")``: code that runs merely by loading the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("command", ["generate", "evaluate", "resume"])
+def test_checkpoint_carrying_a_pickled_object_is_refused_and_its_code_never_runs(command, trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    ckpt = run / "checkpoint.pt"
+    marker = tmp_path / "code_ran"
+    payload = checkpoint.load(ckpt)
+    payload["note"] = OpensAFile(marker)
+    torch.save(payload, ckpt)
+    argv = {
+        "generate": ["generate", str(run), "--out", str(tmp_path / "x.png")],
+        "evaluate": ["evaluate", str(run), "--num-samples", "2"],
+        "resume": ["train", "--out", str(run), "--resume", "--config", str(run / "config.toml")],
+    }[command]
+
+    status = cli.main(argv)
+
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1
+    assert f"refusing to load {ckpt}: it contains pickled Python objects" in err
+    assert not marker.exists()
+    assert not (tmp_path / "x.png").exists()
+    torch.load(ckpt, weights_only=False)  # what an unsafe loader would do: the payload is live
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("failing", ["fsync", "replace"])
+def test_failed_checkpoint_write_keeps_the_previous_file_and_no_temporary(failing, tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, {"w": torch.zeros(3)})
+    before = path.read_bytes()
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, failing, disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            checkpoint.save(path, {"w": torch.ones(3)})
+
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(3))
