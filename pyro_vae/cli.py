@@ -84,6 +84,10 @@ def main(argv=None):
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions: the machine's problem, said in one line
+        print(f"pyro-vae: error: cannot read or write {e.filename or 'a file'}: {e.strerror or e}; "
+              "free space or fix permissions, then run again (training continues with --resume)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("pyro-vae: interrupted; the last completed epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
         return 130

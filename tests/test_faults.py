@@ -188,3 +188,30 @@ def test_failed_checkpoint_write_keeps_the_previous_file_and_no_temporary(failin
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.zeros(3))
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    from pyro_vae.checkpoint import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_one_line_not_a_traceback(trained_run, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from pyro_vae import checkpoint
+    from pyro_vae.cli import main
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "g.png"))
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
+    monkeypatch.setattr("pyro_vae.plots.atomic_write_bytes", full)
+    assert main(["generate", str(trained_run), "--out", str(tmp_path / "g.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
