@@ -22,13 +22,20 @@ def labels_for(vae, n, digit, same_style):
         return torch.arange(vae.num_classes).repeat_interleave(n), n
     if same_style:
         raise UserError("--same-style draws one style per column across all digits; use it with --digit all")
-    if not digit.isdigit() or int(digit) >= vae.num_classes:
+    # an int from Python or the CLI's text; isascii keeps out digits of other scripts ("٣")
+    text = str(digit)
+    if not (text.isascii() and text.isdigit()) or int(text) >= vae.num_classes:
         raise UserError(f"--digit must be 'all' or a class from 0 to {vae.num_classes - 1}, got {digit!r}")
-    return torch.full((n,), int(digit)), 8 if n >= 8 else n
+    return torch.full((n,), int(text)), 8 if n >= 8 else n
 
 
 def draw(vae, n, digit=None, same_style=False, seed=0):
-    """``(images (N, D) in [0, 1], labels (N,) or None, row length)``; reproducible for a seed."""
+    """``(images (N, D) in [0, 1], labels (N,) or None, row length)``; reproducible for a seed.
+
+    Each image is E[x | z, y] with z ~ p(z). With ``digit="all"`` image ``i * n + j`` has label i
+    (one row per class); ``same_style`` draws only ``n`` values z_j and gives image ``i * n + j``
+    z_j, so column j is one style written as every class.
+    """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     labels, nrow = labels_for(vae, n, digit, same_style)
