@@ -2,10 +2,11 @@
 
 from .errors import UserError
 from .likelihoods import LIKELIHOODS
+from .marginal import LogPxResult, estimate_log_px
 from .model import VAE
 from .priors import PRIORS
 
 register_prior = PRIORS.register
 register_likelihood = LIKELIHOODS.register
 
-__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood"]
+__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood", "estimate_log_px", "LogPxResult"]
