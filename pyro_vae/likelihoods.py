@@ -45,10 +45,21 @@ class Bernoulli(Likelihood):
         super().__init__()
 
     def forward(self, out):
-        return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        return BernoulliPixels(dist.Bernoulli(logits=out, validate_args=False), 1)
 
     def mean(self, out):
         return torch.sigmoid(out)
+
+
+class BernoulliPixels(dist.Independent):
+    """Independent Bernoulli pixels whose ``log_prob`` negates the BCE once per datum rather than
+    once per pixel: the same number, one full-image pass less forward and backward in training's
+    hottest line."""
+
+    def log_prob(self, value):
+        logits, value = torch.broadcast_tensors(self.base_dist.logits, value)  # particles broadcast over x
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, value, reduction="none")
+        return -bce.sum(-1)
 
 
 @LIKELIHOODS.register("continuous_bernoulli")

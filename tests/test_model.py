@@ -264,3 +264,13 @@ def test_sample_is_reproducible_with_a_seed_and_in_range():
     pyro.set_rng_seed(5)
     b = vae.sample(10)
     assert torch.equal(a, b) and a.shape == (10, 20) and 0 <= a.min() and a.max() <= 1
+
+
+def test_bernoulli_pixels_score_like_independent_bernoullis_also_when_broadcast():
+    vae = small_vae()
+    logits, x = torch.randn(3, 5, 20), binary_data(5)
+    ours = vae.likelihood(logits)
+    reference = dist.Bernoulli(logits=logits).to_event(1)
+    assert torch.allclose(ours.log_prob(x), reference.log_prob(x), atol=1e-5)
+    expanded = ours.expand((4, 3, 5))
+    assert type(expanded) is type(ours) and torch.allclose(expanded.log_prob(x), reference.expand((4, 3, 5)).log_prob(x), atol=1e-5)
