@@ -111,12 +111,25 @@ def site_log_prob(trace):
 
 
 def batch_log_weights(vae, x, y, num_samples, chunk_size):
-    """All ``num_samples`` log weights of a batch, (num_samples, B) float64, drawn in chunks."""
+    """All ``num_samples`` log weights of a batch, (num_samples, B) float64, drawn in chunks.
+
+    When the device runs out of memory the chunk is halved and retried, so exactly K samples are
+    still drawn; returns the weights and the chunk size that fitted, for the batches after.
+    """
     out = torch.empty(num_samples, x.shape[0], dtype=torch.float64, device=x.device)
-    for start in range(0, num_samples, chunk_size):
+    start = 0
+    while start < num_samples:
         stop = min(start + chunk_size, num_samples)
-        out[start:stop] = log_weights(vae, x, y, stop - start)
-    return out
+        try:
+            out[start:stop] = log_weights(vae, x, y, stop - start)
+        except torch.cuda.OutOfMemoryError:
+            if chunk_size == 1:
+                raise UserError("out of device memory even one sample at a time; use a smaller --batch-size or --device cpu") from None
+            torch.cuda.empty_cache()
+            chunk_size //= 2
+            continue
+        start = stop
+    return out, chunk_size
 
 
 def pareto_khat(lw):
@@ -189,7 +202,7 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
             for start in tqdm(range(0, n, batch_size), desc="log p(x)", unit="batch", disable=not progress, leave=False):
                 xb = x[start : start + batch_size]
                 yb = None if y is None else y[start : start + batch_size]
-                lw = batch_log_weights(vae, xb, yb, num_samples, chunk_size)
+                lw, chunk_size = batch_log_weights(vae, xb, yb, num_samples, chunk_size)
                 parts.append((*(t.cpu() for t in reduce_weights(lw)), pareto_khat(lw)))
     finally:
         vae.train(was_training)

@@ -21,18 +21,12 @@ from torch import nn
 
 from .errors import UserError
 from .likelihoods import LIKELIHOODS
-from .networks import build_decoder, build_encoder
+from .networks import build_decoder, build_encoder, call_net
 from .priors import PRIORS
 
 # Pyro keeps parameters in one global store keyed by name: a second VAE registered under the same
 # name would silently be handed the first one's tensors. Each instance gets its own name.
 _instance_ids = itertools.count()
-
-
-def call_net(net, h, y_onehot):
-    """``net(h)``, or ``net(h, y_onehot)`` for a conditional VAE: a plain module such as ``nn.Linear``
-    works as an encoder or decoder, as the contract ``decoder(z[, y_onehot])`` says."""
-    return net(h) if y_onehot is None else net(h, y_onehot)
 
 
 class VAE(nn.Module):

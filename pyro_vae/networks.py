@@ -15,6 +15,12 @@ ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu":
 NETWORK_TYPES = ("mlp", "conv")
 
 
+def call_net(net, h, y_onehot):
+    """``net(h)``, or ``net(h, y_onehot)`` for a conditional VAE: a plain module such as ``nn.Linear``
+    works as an encoder or decoder, as the contract ``decoder(z[, y_onehot])`` says."""
+    return net(h) if y_onehot is None else net(h, y_onehot)
+
+
 def with_label(h, y_onehot):
     if y_onehot is None:
         return h

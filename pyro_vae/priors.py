@@ -11,6 +11,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .networks import call_net
 from .registry import Registry
 
 PRIORS = Registry("prior")
@@ -82,5 +83,5 @@ class VampPrior(_Mixture):
         self.register_buffer("labels", labels)
 
     def forward(self, encoder):
-        loc, scale = encoder(torch.sigmoid(self.pseudo_logits), self.labels)
+        loc, scale = call_net(encoder, torch.sigmoid(self.pseudo_logits), self.labels)
         return self.mixture(self.weights, loc, scale)

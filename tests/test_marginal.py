@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from pyro_vae import VAE, UserError, cli, estimate_log_px
+from pyro_vae import VAE, UserError, cli, estimate_log_px, marginal
 
 D, LATENT, S = 5, 2, 0.6
 SIGMA = torch.tensor([1.5, 0.8])
@@ -179,6 +179,28 @@ def test_chunked_equals_unchunked_with_the_same_seed():
             assert torch.allclose(a, b_, atol=1e-5)
     other_seed = estimate_log_px(vae, x, num_samples=100, seed=4)
     assert not torch.allclose(whole.log_px, other_seed.log_px, atol=1e-5)
+
+
+def test_out_of_device_memory_halves_the_chunk_and_still_draws_k(monkeypatch):
+    W, b, decoder = linear_gaussian()
+    vae = gaussian_vae(LinearEncoder(0.3 * torch.randn(LATENT, D), torch.zeros(LATENT), torch.ones(LATENT)), decoder)
+    x = draw_gaussian(W, b, 8)
+    fits = estimate_log_px(vae, x, num_samples=100, chunk_size=8, seed=3)
+    real, sizes = marginal.log_weights, []
+
+    def small_memory(vae, x, y, k):
+        sizes.append(k)
+        if k > 8:  # fails before drawing, as an allocation would
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(vae, x, y, k)
+
+    monkeypatch.setattr(marginal, "log_weights", small_memory)
+    fallback = estimate_log_px(vae, x, num_samples=100, chunk_size=32, seed=3)
+    assert sizes[:3] == [32, 16, 8] and max(sizes[3:]) == 8
+    assert torch.equal(fallback.log_px, fits.log_px) and torch.equal(fallback.ess, fits.ess)
+    monkeypatch.setattr(marginal, "log_weights", lambda *args: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("simulated")))
+    with pytest.raises(UserError, match="out of device memory"):
+        estimate_log_px(vae, x, num_samples=10, chunk_size=4)
 
 
 def test_bad_arguments_are_user_errors():

@@ -274,3 +274,18 @@ def test_bernoulli_pixels_score_like_independent_bernoullis_also_when_broadcast(
     assert torch.allclose(ours.log_prob(x), reference.log_prob(x), atol=1e-5)
     expanded = ours.expand((4, 3, 5))
     assert type(expanded) is type(ours) and torch.allclose(expanded.log_prob(x), reference.expand((4, 3, 5)).log_prob(x), atol=1e-5)
+
+
+def test_vamp_prior_works_with_a_single_argument_encoder():
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(20, 6)
+
+        def forward(self, x):
+            loc, log_scale = self.lin(x).chunk(2, -1)
+            return loc, log_scale.exp()
+
+    vae = VAE(input_dim=20, latent_dim=3, prior={"type": "vamp", "components": 4}, encoder=Encoder(), decoder=SMALL)
+    loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, binary_data(4))
+    assert torch.isfinite(loss)
