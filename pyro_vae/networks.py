@@ -98,13 +98,14 @@ class ConvEncoder(nn.Module):
 
 
 class ConvDecoder(nn.Module):
-    """A linear layer to a 7x7 feature map, then two stride-2 transposed convolutions to 28x28."""
+    """A linear layer to a 7x7 feature map, then two stride-2 transposed convolutions to 28x28.
+    ``channels`` are the encoder's, in the encoder's order: the decoder mirrors them."""
 
-    def __init__(self, latent_dim, output_dim, num_classes=0, channels=(64, 32), activation="relu"):
+    def __init__(self, latent_dim, output_dim, num_classes=0, channels=(32, 64), activation="relu"):
         super().__init__()
         self.side = image_side(output_dim)
         act = ACTIVATIONS[activation]
-        c1, c2 = channels
+        c2, c1 = channels
         self.c1 = c1
         self.fc = nn.Sequential(nn.Linear(latent_dim + num_classes, c1 * (self.side // 4) ** 2), act())
         self.deconv = nn.Sequential(nn.ConvTranspose2d(c1, c2, 4, 2, 1), act(), nn.ConvTranspose2d(c2, 1, 4, 2, 1))
@@ -117,26 +118,26 @@ class ConvDecoder(nn.Module):
         return out.reshape(lead + (self.side * self.side,))
 
 
-def build_encoder(spec, input_dim, latent_dim, num_classes=0):
-    """``spec`` is a network config dict (``type``, ``hidden``/``channels``, ``activation``) or a module."""
+ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}
+DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
+
+
+def build_network(spec, classes, *sizes):
+    """``spec`` is a network config dict (``type``, ``hidden``/``channels``, ``activation``), or a
+    ready ``nn.Module``, which is used as it is."""
     if isinstance(spec, nn.Module):
         return spec
     spec = dict(spec or {})
     kind = spec.pop("type", "mlp")
-    cls = {"mlp": MLPEncoder, "conv": ConvEncoder}[kind]
-    return cls(input_dim, latent_dim, num_classes, **_network_kwargs(kind, spec))
+    return classes[kind](*sizes, **_network_kwargs(kind, spec))
+
+
+def build_encoder(spec, input_dim, latent_dim, num_classes=0):
+    return build_network(spec, ENCODERS, input_dim, latent_dim, num_classes)
 
 
 def build_decoder(spec, latent_dim, output_dim, num_classes=0):
-    if isinstance(spec, nn.Module):
-        return spec
-    spec = dict(spec or {})
-    kind = spec.pop("type", "mlp")
-    cls = {"mlp": MLPDecoder, "conv": ConvDecoder}[kind]
-    kwargs = _network_kwargs(kind, spec)
-    if kind == "conv" and "channels" in kwargs:
-        kwargs["channels"] = tuple(reversed(kwargs["channels"]))
-    return cls(latent_dim, output_dim, num_classes, **kwargs)
+    return build_network(spec, DECODERS, latent_dim, output_dim, num_classes)
 
 
 def _network_kwargs(kind, spec):
