@@ -118,10 +118,11 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
                     break
                 rows = world.shard(len(idx))
                 generator = noise.step_generator(cfg.seed, state.epoch * steps_per_epoch + batch, device)
-                x = train_x[idx[rows]]
+                mine = idx[rows]
+                x = train_x[mine]
                 if dynamic:
                     x = (torch.rand(len(idx), x.shape[1], generator=generator, device=device)[rows] < x).to(x.dtype)
-                y = None if train_y is None else train_y[idx[rows]]
+                y = None if train_y is None else train_y[mine]
                 loss = runner(x, y, noise.ShardNoise(generator, len(idx), rows))
                 (value,) = world.sum(loss.item(), device=device)
                 if not math.isfinite(value):
@@ -140,7 +141,8 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
                 loss_sum += value
                 seen += len(idx)
                 bar.update()
-                bar.set_postfix(elbo=f"{-value / len(idx):.2f}", refresh=False)
+                if progress:
+                    bar.set_postfix(elbo=f"{-value / len(idx):.2f}", refresh=False)
         bar.close()
         for group in optimizer.param_groups:
             group["lr"] *= t.lr_decay
