@@ -5,8 +5,9 @@ from .likelihoods import LIKELIHOODS
 from .marginal import LogPxResult, estimate_log_px
 from .model import VAE
 from .priors import PRIORS
+from .train import fit_tensors
 
 register_prior = PRIORS.register
 register_likelihood = LIKELIHOODS.register
 
-__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood", "estimate_log_px", "LogPxResult"]
+__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood", "estimate_log_px", "LogPxResult", "fit_tensors"]

@@ -18,7 +18,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from . import checkpoint, data, distributed, noise, plots
+from . import checkpoint, data, distributed, noise
 from . import config as config_lib
 from .data import Split
 from .errors import UserError
@@ -168,6 +168,27 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     return state
 
 
+def fit_tensors(vae, x, y=None, x_test=None, y_test=None, overrides=(), progress=True):
+    """Train ``vae`` on tensors from Python: ``x`` (N, input_dim), labels ``y`` for a conditional
+    VAE, and a held-out ``x_test`` / ``y_test`` (default: the last 10% of ``x``) for the per-epoch
+    test ELBO. ``overrides`` are config ``key=value`` strings (``"train.epochs=5"``, and
+    ``data.binarize``, default ``"none"`` here: the tensors are used as given). Trains on the
+    VAE's device; returns the :class:`TrainState` with its per-epoch history."""
+    cfg = config_lib.load(None, ["data.binarize=none", *overrides])
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.dim() != 2:
+        raise UserError(f"x must have shape (N, {vae.input_dim}), one flattened datum per row, got {tuple(x.shape)}")
+    y = None if y is None else torch.as_tensor(y)
+    if x_test is None:
+        n_test = max(1, len(x) // 10)
+        x, x_test, y, y_test = x[:-n_test], x[-n_test:], None if y is None else y[:-n_test], None if y is None else y[-n_test:]
+    ds = data.prepare(data.Dataset(Split(x, y), Split(torch.as_tensor(x_test, dtype=torch.float32), y_test), (1, vae.input_dim), vae.num_classes), cfg.data.binarize, cfg.seed)
+    check_data(vae, ds, cfg.data.binarize)
+    device = vae.device
+    ds = data.Dataset(ds.train.to(device), ds.test.to(device), ds.image_shape, ds.num_classes)
+    return fit(vae, ds, cfg, progress=progress)
+
+
 def load_dataset(cfg, device):
     """The config's data, binarized as configured, checked against the model, on ``device``."""
     ds = data.prepare(data.load(cfg.data), cfg.data.binarize, cfg.seed)
@@ -265,5 +286,7 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True):
 
     state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress, world=world)
     if world.is_main:
+        from . import plots  # matplotlib and torchvision: only where figures are drawn, not on `import pyro_vae`
+
         plots.write_run_figures(out, vae, ds, state.history)
     return vae, state

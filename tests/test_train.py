@@ -120,3 +120,20 @@ def test_user_npy_holds_out_a_test_split(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((50, 5)).astype(np.float32))
     ds = data.load_arrays(tmp_path / "x.npy")
     assert (len(ds.train), len(ds.test), ds.num_classes) == (45, 5, None)
+
+
+def test_training_on_tensors_from_python():
+    from pyro_vae import VAE, UserError, fit_tensors
+
+    torch.manual_seed(0)
+    centers = torch.rand(3, 30)
+    labels = torch.randint(0, 3, (600,))
+    x = torch.bernoulli(centers[labels])
+    vae = VAE(input_dim=30, latent_dim=2, encoder={"hidden": [32]}, decoder={"hidden": [32]}, num_classes=3)
+    state = fit_tensors(vae, x, labels, overrides=["train.epochs=3", "train.batch_size=50"], progress=False)
+    assert [row["epoch"] for row in state.history] == [1, 2, 3] and state.step == 3 * 11  # 540 rows / 50
+    assert state.history[-1]["test_elbo"] > state.history[0]["test_elbo"]
+    with pytest.raises(UserError, match="labels"):
+        fit_tensors(vae, x, overrides=["train.epochs=1"], progress=False)
+    with pytest.raises(UserError, match="binary"):
+        fit_tensors(VAE(input_dim=30, latent_dim=2), torch.rand(100, 30), overrides=["train.epochs=1"], progress=False)
