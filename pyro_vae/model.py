@@ -30,6 +30,15 @@ _instance_ids = itertools.count()
 
 
 class VAE(nn.Module):
+    """A VAE whose ``model`` and ``guide`` are Pyro programs (see the module docstring).
+
+    ``prior`` and ``likelihood`` take a registered name or ``{"type": name, **params}``;
+    ``encoder`` / ``decoder`` take a network config dict (``type``, ``hidden``, ``channels``,
+    ``activation``) or any ``nn.Module``: ``encoder(x[, y_onehot]) -> (loc, scale)``,
+    ``decoder(z[, y_onehot]) -> one likelihood parameter per pixel``. ``num_classes`` makes it a
+    conditional VAE: labels y are then required by ``model``, ``guide`` and ``sample``.
+    """
+
     def __init__(
         self,
         input_dim=784,
