@@ -59,6 +59,7 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3
     lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    kl_warmup_epochs: int = 0  # the KL term's weight rises linearly from 0 to 1 over these epochs
     objective: str = "elbo"
     num_particles: int = 1
     device: str = "auto"
@@ -197,6 +198,7 @@ def validate(cfg):
     t = cfg.train
     _at_least("train.epochs", t.epochs, 1)
     _at_least("train.max_steps", t.max_steps, 0)
+    _at_least("train.kl_warmup_epochs", t.kl_warmup_epochs, 0)
     _at_least("train.batch_size", t.batch_size, 1)
     _at_least("train.num_particles", t.num_particles, 1)
     _at_least("train.eval_batch_size", t.eval_batch_size, 1)

@@ -7,6 +7,7 @@ import math
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from pyro.poutine.messenger import Messenger
 
 
 class IWAE_ELBO(RenyiELBO):
@@ -35,6 +36,25 @@ class IWAE_ELBO(RenyiELBO):
         # a particle plate of size 1 leaves no particle dimension on the sites
         log_w = log_w.reshape(self.num_particles, -1)
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
+
+
+class LatentScale(Messenger):
+    r"""Scales the log densities of the latent sites by ``beta``, in the model and the guide alike:
+
+    .. math:: \mathbb{E}_q[\log p(x|z)] - \beta \, \mathrm{KL}(q(z|x) \,\|\, p(z)).
+
+    Raising beta from 0 to 1 over the first epochs is KL warm-up (Bowman et al. 2016, Sønderby
+    et al. 2016), which keeps learned priors (VampPrior, mixtures) from collapsing onto the
+    posterior before the decoder has learned to use z. Observed sites are left alone.
+    """
+
+    def __init__(self, beta):
+        super().__init__()
+        self.beta = beta
+
+    def _pyro_sample(self, msg):
+        if not msg["is_observed"]:
+            msg["scale"] = msg["scale"] * self.beta
 
 
 def make_objective(name, num_particles=1):

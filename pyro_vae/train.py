@@ -6,6 +6,7 @@ folder: resolved config, atomic per-epoch checkpoints with optimizer and RNG sta
 continues exactly, ``metrics.csv`` and the figures.
 """
 
+import contextlib
 import csv
 import io
 import math
@@ -22,7 +23,7 @@ from . import checkpoint, data, distributed, noise
 from . import config as config_lib
 from .data import Split
 from .errors import UserError
-from .objectives import make_objective
+from .objectives import LatentScale, make_objective
 
 METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds")
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
@@ -61,8 +62,8 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.vae, self.objective = vae, objective
 
-    def forward(self, x, y, noise):
-        with noise:
+    def forward(self, x, y, noise, kl_weight=1.0):
+        with noise, LatentScale(kl_weight) if kl_weight < 1 else contextlib.nullcontext():
             return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
 
 
@@ -123,7 +124,8 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
                 if dynamic:
                     x = (torch.rand(len(idx), x.shape[1], generator=generator, device=device)[rows] < x).to(x.dtype)
                 y = None if train_y is None else train_y[mine]
-                loss = runner(x, y, noise.ShardNoise(generator, len(idx), rows))
+                kl_weight = min(1.0, (state.step + 1) / (t.kl_warmup_epochs * steps_per_epoch)) if t.kl_warmup_epochs else 1.0
+                loss = runner(x, y, noise.ShardNoise(generator, len(idx), rows), kl_weight)
                 (value,) = world.sum(loss.item(), device=device)
                 if not math.isfinite(value):
                     if t.nan_policy == "stop":

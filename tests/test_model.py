@@ -289,3 +289,24 @@ def test_vamp_prior_works_with_a_single_argument_encoder():
     vae = VAE(input_dim=20, latent_dim=3, prior={"type": "vamp", "components": 4}, encoder=Encoder(), decoder=SMALL)
     loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, binary_data(4))
     assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("prior", ["normal", "vamp"])
+def test_latent_scale_weights_the_kl_term_linearly(prior):
+    from pyro_vae.noise import ShardNoise, step_generator
+    from pyro_vae.objectives import LatentScale
+
+    vae, x = small_vae(prior={"type": prior, "components": 3} if prior == "vamp" else prior), binary_data(8)
+
+    def loss(beta):
+        with ShardNoise(step_generator(0, 7, "cpu"), 8, slice(0, 8)), LatentScale(beta):
+            return Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).item()
+
+    with ShardNoise(step_generator(0, 7, "cpu"), 8, slice(0, 8)):
+        guide = poutine.trace(vae.guide).get_trace(x)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
+    reconstruction = model.nodes["x"]["fn"].log_prob(x).sum().item()
+    assert loss(0.0) == pytest.approx(-reconstruction, rel=1e-6)  # beta = 0: no KL term at all
+    assert loss(0.5) == pytest.approx((loss(0.0) + loss(1.0)) / 2, rel=1e-6)
+    assert loss(1.0) == pytest.approx(Trace_ELBO().differentiable_loss(
+        poutine.replay(vae.model, trace=guide), poutine.replay(vae.guide, trace=guide), x).item(), rel=1e-6)
