@@ -29,14 +29,12 @@ def check_args(args):
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.chunk_size < 0:
         raise UserError(f"--chunk-size must be a positive number of samples, or 0 to choose one for memory, got {args.chunk_size}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda but CUDA is not available here; use --device auto or cpu")
 
 
 def evaluate_run(args):
     check_args(args)
     run_dir = Path(args.run_dir)
-    device = train.resolve_device(args.device)
+    device = train.resolve_device(args.device, option="--device")
     cfg, vae, _ = checkpoint.load_run(run_dir, device)
     ds = train.load_dataset(cfg, device)
     train.check_data(vae, ds, cfg.data.binarize)

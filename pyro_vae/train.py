@@ -29,9 +29,10 @@ METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds")
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
 
 
-def resolve_device(name):
+def resolve_device(name, option="train.device"):
+    """``auto`` -> CUDA when present, else the CPU; ``option`` names the setting in the error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("train.device = \"cuda\" but CUDA is not available here; use train.device = \"auto\" or \"cpu\"")
+        raise UserError(f"{option} is cuda but CUDA is not available here; use {option} auto or cpu")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
