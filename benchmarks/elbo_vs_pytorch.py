@@ -42,7 +42,7 @@ def main():
     args = parser.parse_args()
     cfg = config_lib.load(CONFIG, [f"train.epochs={args.epochs}", f"train.device={args.device}", f"seed={args.seed}"])
     device = resolve_device(cfg.train.device)
-    ds = load_dataset(cfg, device)
+    ds = load_dataset(cfg)
     test = ds.test.to(device)
     results = {}
     started = time.perf_counter()

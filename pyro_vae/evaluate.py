@@ -36,7 +36,7 @@ def evaluate_run(args):
     run_dir = Path(args.run_dir)
     device = train.resolve_device(args.device, option="--device")
     cfg, vae, _ = checkpoint.load_run(run_dir, device)
-    ds = train.load_dataset(cfg, device)
+    ds = train.load_dataset(cfg)
     train.check_data(vae, ds, cfg.data.binarize)
     test = ds.test.head(args.limit).to(device)
     conditional = vae.num_classes is not None

@@ -192,8 +192,8 @@ def fit_tensors(vae, x, y=None, x_test=None, y_test=None, overrides=(), progress
     return fit(vae, ds, cfg, progress=progress)
 
 
-def load_dataset(cfg, device):
-    """The config's data, binarized as configured, checked against the model, on ``device``."""
+def load_dataset(cfg):
+    """The config's data, binarized as configured, on the CPU (callers move what they use)."""
     ds = data.prepare(data.load(cfg.data), cfg.data.binarize, cfg.seed)
     if cfg.model.conditional and ds.num_classes is None:
         raise UserError("model.conditional = true needs labels; give 'y' in the data file or use MNIST")
@@ -250,7 +250,7 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True):
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
     pyro.set_rng_seed(cfg.seed)
-    ds = load_dataset(cfg, device)
+    ds = load_dataset(cfg)
     if payload is not None and (payload["input_dim"], payload["num_classes"]) != (ds.input_dim, ds.num_classes):
         raise UserError(
             f"--resume: {out} was trained on data of {payload['input_dim']} features per datum ({payload['num_classes'] or 'no'} label classes) "

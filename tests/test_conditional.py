@@ -157,7 +157,7 @@ def test_a_conditional_runs_samples_png_is_the_all_digits_grid(trained_cvae_run)
 
 def test_log_p_x_given_the_true_label_beats_a_wrong_label(trained_cvae_run):
     cfg, vae, _ = checkpoint.load_run(trained_cvae_run)
-    test = train.load_dataset(cfg, "cpu").test.head(200)
+    test = train.load_dataset(cfg).test.head(200)
     wrong = (test.y + torch.randint(1, 10, test.y.shape)) % 10  # each image gets some other label
     # K = 20 is plenty for a comparison: both labels get the same estimator (the 2-epoch fixture
     # prefers the true label by about 0.6 nats per image, some 8 standard errors)

@@ -33,7 +33,7 @@ def test_a_run_folder_has_every_file_and_a_row_per_epoch(trained_run):
 
 def test_training_beats_the_untrained_model(trained_run):
     cfg, vae, _ = checkpoint.load_run(trained_run)
-    ds = load_dataset(cfg, torch.device("cpu"))
+    ds = load_dataset(cfg)
     trained = elbo_per_datum(vae, ds.test, 500)
     untrained = elbo_per_datum(checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
     assert trained > untrained + 50
@@ -82,23 +82,23 @@ def test_max_steps_stops_mid_epoch(data_dir, tmp_path):
 def test_objectives_train_from_the_config(data_dir, tmp_path, objective, particles):
     cfg = small_config(data_dir, f"train.objective={objective}", f"train.num_particles={particles}", "train.epochs=1")
     vae, _ = train_run(cfg, tmp_path / "run", progress=False)
-    ds = load_dataset(cfg, torch.device("cpu"))
+    ds = load_dataset(cfg)
     untrained = elbo_per_datum(checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
     assert float(read_metrics(tmp_path / "run")[0]["test_elbo"]) > untrained + 50
 
 
 def test_static_binarization_is_one_fixed_draw(data_dir):
     cfg = small_config(data_dir, "data.binarize=static")
-    a, b = (load_dataset(cfg, torch.device("cpu")) for _ in range(2))
+    a, b = (load_dataset(cfg) for _ in range(2))
     assert torch.equal(a.train.x, b.train.x) and set(a.train.x.unique().tolist()) == {0.0, 1.0}
-    dynamic = load_dataset(small_config(data_dir), torch.device("cpu"))
+    dynamic = load_dataset(small_config(data_dir))
     assert dynamic.train.x.unique().numel() > 2  # grey: drawn afresh for every batch
-    assert torch.equal(dynamic.test.x, load_dataset(small_config(data_dir), torch.device("cpu")).test.x)
+    assert torch.equal(dynamic.test.x, load_dataset(small_config(data_dir)).test.x)
     assert set(dynamic.test.x.unique().tolist()) == {0.0, 1.0}
 
 
 def test_no_binarization_keeps_grey_levels(data_dir):
-    ds = load_dataset(small_config(data_dir, "data.binarize=none", "model.likelihood=continuous_bernoulli"), torch.device("cpu"))
+    ds = load_dataset(small_config(data_dir, "data.binarize=none", "model.likelihood=continuous_bernoulli"))
     raw = data.load_mnist(data_dir)
     assert torch.equal(ds.test.x, raw.test.x[:500])
 
