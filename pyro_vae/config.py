@@ -23,6 +23,7 @@ BINARIZATIONS = ("dynamic", "static", "none")
 OBJECTIVES = ("elbo", "mean_field", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
+COMPILE_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -63,6 +64,7 @@ class TrainConfig:
     objective: str = "elbo"
     num_particles: int = 1
     device: str = "auto"
+    compile: str = "auto"  # the training step traced and compiled: auto (where it can be) | on | off
     nan_policy: str = "stop"
     eval_batch_size: int = 1000
 
@@ -208,4 +210,5 @@ def validate(cfg):
         raise UserError(f"train.lr_decay must lie in (0, 1], got {t.lr_decay}")
     _choice("train.objective", t.objective, OBJECTIVES)
     _choice("train.device", t.device, DEVICES)
+    _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)

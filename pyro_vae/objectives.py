@@ -5,8 +5,10 @@ model and guide. All expose ``differentiable_loss`` so the trainer needs one cod
 import math
 
 import torch
+from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from torch.distributions import kl_divergence
 from pyro.poutine.messenger import Messenger
 
 
@@ -36,6 +38,40 @@ class IWAE_ELBO(RenyiELBO):
         # a particle plate of size 1 leaves no particle dimension on the sites
         log_w = log_w.reshape(self.num_particles, -1)
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
+
+
+def sync_free_loss(objective, model, guide, *args):
+    """``objective.differentiable_loss(model, guide, *args)`` as a pure tensor expression: the same
+    traces (Pyro's particle vectorization included) and the same terms, but none of the per-site
+    ``.item()`` calls with which Pyro's ``Trace_ELBO`` family reports its float loss. Those would
+    synchronize with a GPU at every site and stop a graph capture; this sum can be traced.
+
+    ``mean_field`` takes the closed-form KL between the guide's and the model's latent site where
+    one is registered (N(0, I) and learned Normal priors), as ``TraceMeanField_ELBO`` does, and the
+    Monte Carlo term otherwise (mixture and VampPrior). The guide's sites are reparameterized, so
+    their score-function terms are zero and their log-density is the whole surrogate.
+    """
+    if isinstance(objective, IWAE_ELBO):  # already a tensor expression
+        return objective.differentiable_loss(model, guide, *args)
+    ((model_trace, guide_trace),) = objective._get_traces(model, guide, args, {})
+    mean_field = isinstance(objective, TraceMeanField_ELBO)
+    elbo = 0.0
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        guide_site = guide_trace.nodes.get(name)
+        if mean_field and not site["is_observed"]:
+            try:
+                kl = kl_divergence(guide_site["fn"], site["fn"])
+            except NotImplementedError:
+                pass
+            else:
+                elbo = elbo - scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
+                continue
+        elbo = elbo + site["log_prob_sum"]
+        if guide_site is not None and not site["is_observed"]:
+            elbo = elbo - guide_site["log_prob_sum"]
+    return -elbo / objective.num_particles
 
 
 class LatentScale(Messenger):

@@ -6,7 +6,6 @@ folder: resolved config, atomic per-epoch checkpoints with optimizer and RNG sta
 continues exactly, ``metrics.csv`` and the figures.
 """
 
-import contextlib
 import csv
 import io
 import math
@@ -23,8 +22,10 @@ from . import checkpoint, data, distributed, noise
 from . import config as config_lib
 from .data import Split
 from .errors import UserError
-from .objectives import LatentScale, make_objective
+from .objectives import make_objective
+from .step import Step
 
+PROGRESS_REFRESH_SECONDS = 0.5  # how often the progress bar reads the running ELBO back from the device
 METRIC_FIELDS = ("epoch", "step", "train_elbo", "test_elbo", "seconds")
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
 
@@ -55,19 +56,6 @@ def epoch_order(n, seed, epoch, device):
     return torch.randperm(n, generator=g).to(device)
 
 
-class LossModule(torch.nn.Module):
-    """The objective over the VAE's model and guide as a module, so that
-    ``DistributedDataParallel`` can wrap it (in a world of one it is called directly)."""
-
-    def __init__(self, vae, objective):
-        super().__init__()
-        self.vae, self.objective = vae, objective
-
-    def forward(self, x, y, noise, kl_weight=1.0):
-        with noise, LatentScale(kl_weight) if kl_weight < 1 else contextlib.nullcontext():
-            return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
-
-
 @torch.no_grad()
 def elbo_per_datum(vae, split, batch_size, seed=0, world=distributed.World()):
     """Mean single-sample ELBO over ``split`` in nats per datum, with a fixed seed so repeated
@@ -86,6 +74,32 @@ def elbo_per_datum(vae, split, batch_size, seed=0, world=distributed.World()):
     return total / count
 
 
+class EpochLosses:
+    """The losses of one epoch's steps, kept on the device. ``total`` reads them back (a
+    synchronization) and raises the ``nan_policy = "stop"`` error naming the first step whose
+    loss was not finite: the run stops there, before the epoch's checkpoint is written, so the
+    last good checkpoint is kept."""
+
+    def __init__(self, steps, first_step, epoch, device):
+        self.values = torch.zeros(steps, dtype=torch.float64, device=device)
+        self.count, self.first_step, self.epoch = 0, first_step, epoch
+
+    def add(self, loss):
+        self.values[self.count] = loss
+        self.count += 1
+
+    def total(self):
+        values = self.values[: self.count]
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise UserError(
+                f"the loss became {values[i].item()} at step {self.first_step + i + 1} (epoch {self.epoch + 1}); training stopped and the "
+                f"last good checkpoint is kept; try a lower train.lr, a larger likelihood scale, or train.nan_policy = \"skip\""
+            )
+        return values.sum().item()
+
+
 def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=True, world=distributed.World()):
     """Train ``vae`` on ``ds`` (a :class:`data.Dataset` already on the VAE's device) as ``cfg.train``
     says. ``on_epoch(state, optimizer)`` runs after every epoch (checkpointing). Returns the state.
@@ -98,18 +112,20 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     t = cfg.train
     state = state or TrainState()
     optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=t.lr)
-    runner = distributed.wrap(LossModule(vae, make_objective(t.objective, t.num_particles)), world)
+    step = Step(vae, make_objective(t.objective, t.num_particles), dynamic_binarization=cfg.data.binarize == "dynamic", compile=t.compile, world=world)
     train_x, train_y = ds.train.x, ds.train.y
     n, device = len(ds.train), train_x.device
     steps_per_epoch = math.ceil(n / t.batch_size)
-    dynamic = cfg.data.binarize == "dynamic"
     progress = progress and world.is_main
     vae.train()
     while state.epoch < t.epochs and not (t.max_steps and state.step >= t.max_steps):
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        started, seen, refreshed = time.perf_counter(), 0, time.perf_counter()
+        # the losses of the epoch's steps stay on the device; they are read back only to refresh
+        # the progress bar and at the end of the epoch, never once per step
+        losses = EpochLosses(steps_per_epoch, state.step, state.epoch, device)
         order = epoch_order(n, cfg.seed, state.epoch, device)
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {state.epoch + 1}/{t.epochs}", disable=not progress, leave=False)
-        with pyro.validation_enabled(False), vae.parameters_registered(False), warnings.catch_warnings():
+        with warnings.catch_warnings():
             # a non-finite loss is reported below as one line; Pyro's own two-line warning would precede it
             warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
             for batch, start in enumerate(range(0, n, t.batch_size)):
@@ -121,31 +137,23 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
                 rows = world.shard(len(idx))
                 generator = noise.step_generator(cfg.seed, state.epoch * steps_per_epoch + batch, device)
                 mine = idx[rows]
-                x = train_x[mine]
-                if dynamic:
-                    x = (torch.rand(len(idx), x.shape[1], generator=generator, device=device)[rows] < x).to(x.dtype)
                 y = None if train_y is None else train_y[mine]
                 kl_weight = min(1.0, (state.step + 1) / (t.kl_warmup_epochs * steps_per_epoch)) if t.kl_warmup_epochs else 1.0
-                loss = runner(x, y, noise.ShardNoise(generator, len(idx), rows), kl_weight)
-                (value,) = world.sum(loss.item(), device=device)
-                if not math.isfinite(value):
-                    if t.nan_policy == "stop":
-                        raise UserError(
-                            f"the loss became {value} at step {state.step + 1} (epoch {state.epoch + 1}); training stopped and the "
-                            f"last good checkpoint is kept; try a lower train.lr, a larger likelihood scale, or train.nan_policy = \"skip\""
-                        )
+                loss = step(train_x[mine], y, generator, rows, len(idx), kl_weight)
+                # "skip" must keep a non-finite batch from the optimizer, so it reads every loss
+                if t.nan_policy == "skip" and not torch.isfinite(loss):
                     state.skipped += 1
                     bar.update()
                     continue
-                optimizer.zero_grad(set_to_none=True)
-                (loss * world.size).backward()
                 optimizer.step()
                 state.step += 1
-                loss_sum += value
+                losses.add(loss)
                 seen += len(idx)
                 bar.update()
-                if progress:
-                    bar.set_postfix(elbo=f"{-value / len(idx):.2f}", refresh=False)
+                if progress and time.perf_counter() - refreshed > PROGRESS_REFRESH_SECONDS:
+                    bar.set_postfix(elbo=f"{-losses.total() / seen:.2f}", refresh=False)
+                    refreshed = time.perf_counter()
+        loss_sum = losses.total()
         bar.close()
         for group in optimizer.param_groups:
             group["lr"] *= t.lr_decay

@@ -1,0 +1,237 @@
+"""The training step, eager or traced and compiled.
+
+A :class:`Step` takes one batch of grey or binary images, binarizes it when binarization is
+dynamic, evaluates the configured objective on the VAE's Pyro model and guide, and leaves the
+gradient of the loss in each parameter's ``.grad`` for the caller's optimizer. It returns the
+loss as a 0-dim tensor on the device and never reads it back to the host.
+
+Eager, the step is Pyro's own ``objective.differentiable_loss`` under :class:`noise.ShardNoise`
+and :class:`objectives.LatentScale`. Every call re-runs Pyro's effect handlers in Python, and
+Pyro's ``Trace_ELBO`` family reads every site's log-density back with ``.item()``.
+
+Compiled, the model and guide are traced once per input shape into one graph of tensor
+operations: the gradient and value (``torch.func.grad_and_value``) of
+:func:`objectives.sync_free_loss` with the parameters swapped in by
+``torch.func.functional_call``, the binarization uniforms, the guide's standard-normal noise and
+the KL weight as inputs, captured by ``make_fx`` on fake tensors and compiled by inductor (on
+CUDA replayed as a CUDA graph, ``mode="reduce-overhead"``). The random numbers are drawn outside
+the graph from the step's generator in the eager order (uniforms first, then each latent site's
+noise), so both paths see the same numbers and give the same loss and gradients up to float
+rounding. Tracing on fake tensors makes data-dependent Python control flow (``if x.sum() > 0``
+in a user's encoder) an error rather than one branch silently baked in; ``compile = "auto"``
+then runs eager and says why, once.
+"""
+
+import contextlib
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyro
+import torch
+import torch.distributed
+from torch.fx.experimental.proxy_tensor import make_fx
+from tqdm.auto import tqdm
+
+from . import distributed, noise
+from .config import COMPILE_MODES
+from .errors import UserError
+from .objectives import LatentScale, sync_free_loss
+
+# frames in these folders are the machinery; the first frame outside them is the user's code
+_LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro, contextlib)) + (str(Path(__file__).parent),)
+
+
+def _log_line(message):
+    tqdm.write(f"pyro-vae: {message}", file=sys.stderr)
+
+
+class LossModule(torch.nn.Module):
+    """The objective over the VAE's model and guide as a module, so that
+    ``DistributedDataParallel`` can wrap it (in a world of one it is called directly)."""
+
+    def __init__(self, vae, objective):
+        super().__init__()
+        self.vae, self.objective = vae, objective
+
+    def forward(self, x, y, noise, kl_weight=1.0):
+        with noise, LatentScale(kl_weight) if kl_weight < 1 else contextlib.nullcontext():
+            return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
+
+
+class TracedLoss(LossModule):
+    """The same loss with its randomness and KL weight as inputs, for tracing into a graph."""
+
+    def forward(self, x, uniforms, y, kl_weight, eps):
+        if uniforms is not None:
+            x = (uniforms < x).to(x.dtype)
+        with noise.GivenNoise(eps), LatentScale(kl_weight):
+            return sync_free_loss(self.objective, self.vae.model, self.vae.guide, x, y)
+
+
+@dataclass
+class _Graph:
+    """A compiled step for one input shape: ``fn(params, buffers, x, uniforms, y, kl_weight, eps)``
+    returns (gradients by parameter name, loss); ``draws`` are the noise shapes it takes, in order."""
+
+    fn: object
+    draws: list
+    seconds: float  # spent tracing and compiling; inductor compiles on the first call
+    checked: bool = False  # whether a first call went through (it may still fail to compile)
+
+
+class NotTraceable(Exception):
+    """Why this model cannot run compiled: one line for the log or the ``UserError``."""
+
+
+class Step:
+    """The training step for one (VAE, objective, compile mode, device); see the module docstring.
+
+    ``compile``: ``"off"`` always eager; ``"auto"`` compiled where the model traces into a static
+    graph and the compiler works, else eager with one log line saying why; ``"on"`` compiled or
+    a ``UserError``. ``backend`` is ``torch.compile``'s (``None`` runs the traced graph as it is,
+    without a compiler). ``compilations`` counts traced graphs (one per input shape) and
+    ``compile_seconds`` the time spent tracing and compiling them.
+
+    Build it once the VAE is on its device. Under torchrun the gradients and the returned loss
+    cover the global batch: DistributedDataParallel all-reduces them eager, the step itself
+    compiled.
+    """
+
+    def __init__(self, vae, objective, *, dynamic_binarization, compile="auto", backend="inductor", world=distributed.World(), log=_log_line):
+        if compile not in COMPILE_MODES:
+            raise UserError(f"train.compile = {compile!r} is not valid; choose one of: {', '.join(COMPILE_MODES)}")
+        self.vae, self.objective, self.dynamic = vae, objective, dynamic_binarization
+        self.compile, self.backend, self.world = compile, backend, world
+        self.log = log if world.is_main else (lambda message: None)
+        self.eager_loss = distributed.wrap(LossModule(vae, objective), world)
+        self.traced_loss = TracedLoss(vae, objective)
+        self.graphs = {}
+        self.eager_reason = "train.compile = off" if compile == "off" else None
+        self.compilations, self.compile_seconds = 0, 0.0
+
+    @property
+    def compiled(self):
+        """Whether steps run compiled (until a model turns out not to trace, under ``auto``)."""
+        return self.eager_reason is None
+
+    def __call__(self, x, y, generator, rows=slice(None), global_size=None, kl_weight=1.0):
+        """One step on this process's ``rows`` of a global batch of ``global_size`` (default: all
+        of ``x``): draws the batch's random numbers from ``generator``, sets each parameter's
+        ``.grad`` to the gradient of the global batch's loss, and returns that loss (0-dim)."""
+        global_size = len(x) if global_size is None else global_size
+        with pyro.validation_enabled(False), self.vae.parameters_registered(False):
+            uniforms = noise.binarization_uniforms(generator, global_size, rows, x) if self.dynamic else None
+            if self.compiled:
+                result = self._compiled_step(x, uniforms, y, generator, rows, global_size, kl_weight)
+                if result is not None:
+                    return result
+            return self._eager_step(x if uniforms is None else (uniforms < x).to(x.dtype), y, generator, rows, global_size, kl_weight)
+
+    def _eager_step(self, x, y, generator, rows, global_size, kl_weight):
+        for p in self.vae.parameters():
+            p.grad = None
+        loss = self.eager_loss(x, y, noise.ShardNoise(generator, global_size, rows), kl_weight)
+        # DDP averages the processes' gradients; each loss is a sum over a shard, so scale to the sum
+        (loss * self.world.size).backward()
+        return self._global(loss.detach())
+
+    def _compiled_step(self, x, uniforms, y, generator, rows, global_size, kl_weight):
+        """The compiled step, or ``None`` when ``auto`` has just fallen back to eager."""
+        key = (tuple(x.shape), x.dtype, None if y is None else tuple(y.shape), global_size)
+        try:
+            graph = self.graphs.get(key) or self._trace(key, x, uniforms, y, generator, rows, global_size)
+            eps = [noise.draw(generator, shape, data_dim, rows, x) for shape, data_dim in graph.draws]
+            params, buffers = self._tensors()
+            # a fill, not a copy from the host: no synchronization with the device
+            inputs = (params, buffers, x, uniforms, y, torch.full((), kl_weight, dtype=x.dtype, device=x.device), eps)
+            grads, loss = graph.fn(*inputs) if graph.checked else self._first_call(graph, inputs)
+        except NotTraceable as e:
+            if self.compile == "on":
+                raise UserError(f"train.compile = on but the training step cannot be compiled: {e}; use train.compile = auto or off") from None
+            self.eager_reason = str(e)
+            self.log(f"training eager, not compiled (train.compile = auto): {e}")
+            return None
+        named = dict(self.traced_loss.named_parameters())
+        targets = []
+        for name, grad in grads.items():
+            p = named[name]
+            # a CUDA graph reuses its output buffers at the next replay: keep a copy
+            if p.grad is None:
+                p.grad = grad.clone()
+            else:
+                p.grad.copy_(grad)
+            targets.append(p.grad)
+        if self.world.size > 1:  # one all-reduce of all gradients: the sum over the global batch
+            flat = torch.cat([g.reshape(-1) for g in targets])
+            torch.distributed.all_reduce(flat)
+            for g, part in zip(targets, flat.split([g.numel() for g in targets])):
+                g.copy_(part.view_as(g))
+        return self._global(loss.clone())
+
+    def _global(self, loss):
+        if self.world.size > 1:
+            torch.distributed.all_reduce(loss)
+        return loss
+
+    def _tensors(self):
+        """The parameters to differentiate, and every other tensor of the module (frozen parameters
+        too: tracing on fake tensors needs all of them as inputs)."""
+        params, others = {}, dict(self.traced_loss.named_buffers())
+        for name, p in self.traced_loss.named_parameters():
+            (params if p.requires_grad else others)[name] = p.detach()
+        return params, others
+
+    def _trace(self, key, x, uniforms, y, generator, rows, global_size):
+        started = time.perf_counter()
+        # a forward pass with a throwaway generator finds the guide's noise sites and their shapes
+        throwaway = torch.Generator(device=x.device)
+        probe = noise.ShardNoise(throwaway, global_size, rows)
+        with torch.no_grad():
+            LossModule(self.vae, self.objective)(x if uniforms is None else (uniforms < x).to(x.dtype), y, probe)
+        eps = [noise.draw(throwaway, shape, data_dim, rows, x) for shape, data_dim in probe.draws]
+        params, buffers = self._tensors()
+        kl_weight = torch.ones((), dtype=x.dtype, device=x.device)
+
+        def loss(params, buffers, x, uniforms, y, kl_weight, eps):
+            return torch.func.functional_call(self.traced_loss, (params, buffers), (x, uniforms, y, kl_weight, eps))
+
+        try:
+            traced = make_fx(torch.func.grad_and_value(loss), tracing_mode="fake")(params, buffers, x, uniforms, y, kl_weight, eps)
+        except Exception as e:  # noqa: BLE001 - any failure to trace means "run eager" under auto
+            raise NotTraceable(_why_not_traceable(e)) from e
+        fn = traced
+        if self.backend is not None:
+            mode = "reduce-overhead" if x.device.type == "cuda" else None
+            fn = torch.compile(traced, backend=self.backend, mode=mode, dynamic=False, fullgraph=True)
+        self.graphs[key] = graph = _Graph(fn, probe.draws, time.perf_counter() - started)
+        self.compilations += 1
+        return graph
+
+    def _first_call(self, graph, inputs):
+        started = time.perf_counter()
+        try:
+            result = graph.fn(*inputs)
+        except Exception as e:  # noqa: BLE001 - no C++ compiler, no inductor on this platform, ...
+            raise NotTraceable(f"the compiler failed ({type(e).__name__}: {_first_line(e)})") from e
+        graph.checked = True
+        graph.seconds += time.perf_counter() - started
+        self.compile_seconds += graph.seconds
+        self.log(f"compiled the training step for batches of shape {tuple(inputs[2].shape)} in {graph.seconds:.1f} s")
+        return result
+
+
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
+def _why_not_traceable(e):
+    """One line: where the model's Python depends on tensor values, or what else stopped tracing."""
+    user = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(_LIBRARY_DIRS)]
+    where = f" at {Path(user[-1].filename).name}:{user[-1].lineno} ({user[-1].line})" if user else ""
+    if "DataDependent" in type(e).__name__ or "data-dependent" in str(e).lower():
+        return f"the model or guide branches on tensor values{where}, so it has no static graph"
+    return f"tracing the model and guide failed{where} ({type(e).__name__}: {_first_line(e)})"
