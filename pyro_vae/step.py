@@ -215,7 +215,8 @@ class Step:
         try:
             result = graph.fn(*inputs)
         except Exception as e:  # noqa: BLE001 - no C++ compiler, no inductor on this platform, ...
-            raise NotTraceable(f"the compiler failed ({type(e).__name__}: {_first_line(e)})") from e
+            cause = getattr(e, "inner_exception", None) or e  # torch.compile wraps the backend's error
+            raise NotTraceable(f"the compiler failed ({type(cause).__name__}: {_first_line(cause)})") from e
         graph.checked = True
         graph.seconds += time.perf_counter() - started
         self.compile_seconds += graph.seconds

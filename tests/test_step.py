@@ -1,0 +1,176 @@
+"""The training step: the traced graph computes the loss and gradients of Pyro's own objective on
+the same random numbers, for every prior, likelihood and objective; inductor compiles it once per
+shape; runs compiled resume exactly; models that cannot be traced run eager with one line."""
+
+import pytest
+import torch
+
+from conftest import small_config
+from pyro_vae import VAE, UserError, checkpoint, config, noise
+from pyro_vae.objectives import make_objective
+from pyro_vae.step import Step
+from pyro_vae.train import EpochLosses, fit, load_dataset, train_run
+
+PRIORS = ["normal", "learned_normal", {"type": "mixture", "components": 3}, {"type": "vamp", "components": 4}]
+LIKELIHOODS = ["bernoulli", "continuous_bernoulli", {"type": "gaussian", "scale": 0.5}, "gaussian", "laplace"]
+OBJECTIVES = [("elbo", 1), ("mean_field", 1), ("iwae", 3)]
+
+
+def tiny_vae(prior="normal", likelihood="bernoulli", num_classes=None, encoder=None):
+    return VAE(12, 3, prior=prior, likelihood=likelihood, encoder=encoder or {"hidden": [8]}, decoder={"hidden": [8]}, num_classes=num_classes)
+
+
+def loss_and_grads(vae, objective, particles, compile, x, y=None, kl_weight=1.0, backend=None, dynamic=True, batch=0):
+    """One step on ``x`` through a fresh Step; the loss and a copy of every gradient."""
+    step = Step(vae, make_objective(objective, particles), dynamic_binarization=dynamic, compile=compile, backend=backend)
+    loss = step(x, y, noise.step_generator(0, batch, x.device), kl_weight=kl_weight)
+    return loss, {name: p.grad.clone() for name, p in vae.named_parameters()}, step
+
+
+def assert_same_step(vae, objective, particles, x, y=None, kl_weight=1.0, backend=None, dynamic=True):
+    eager_loss, eager_grads, _ = loss_and_grads(vae, objective, particles, "off", x, y, kl_weight, dynamic=dynamic)
+    loss, grads, step = loss_and_grads(vae, objective, particles, "on", x, y, kl_weight, backend, dynamic)
+    assert step.compiled and step.compilations == 1
+    assert loss.shape == () and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(eager_loss.item(), rel=1e-5)
+    assert grads.keys() == eager_grads.keys()
+    for name, grad in grads.items():
+        assert torch.allclose(grad, eager_grads[name], rtol=1e-4, atol=1e-5), name
+
+
+@pytest.mark.parametrize("objective, particles", OBJECTIVES)
+@pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=str)
+@pytest.mark.parametrize("prior", PRIORS, ids=str)
+def test_the_traced_step_equals_pyros_objective(prior, likelihood, objective, particles):
+    torch.manual_seed(0)
+    dynamic = likelihood == "bernoulli"  # grey pixels for the others
+    x = torch.rand(10, 12)
+    # a KL weight below 1 (warm-up) scales the latent sites: eager through a messenger, traced as an input
+    assert_same_step(tiny_vae(prior, likelihood), objective, particles, x, kl_weight=0.5, dynamic=dynamic)
+
+
+def test_the_traced_conditional_step_with_particles_equals_pyros_objective():
+    x, y = torch.rand(10, 12), torch.arange(10) % 4
+    for prior in PRIORS:  # the VampPrior's pseudo-inputs carry labels in a conditional VAE
+        assert_same_step(tiny_vae(prior, num_classes=4), "elbo", 2, x, y)
+
+
+def test_the_inductor_compiled_step_equals_pyros_objective():
+    # the compiled runs below cover the conditional VAE with warm-up; this one a learned prior,
+    # a learned likelihood scale and vectorized particles (each compile costs seconds on CI)
+    vae = tiny_vae({"type": "vamp", "components": 4}, "gaussian")
+    assert_same_step(vae, "iwae", 3, torch.rand(10, 12), kl_weight=0.25, backend="inductor", dynamic=False)
+
+
+def test_compiled_and_eager_draw_the_same_numbers_from_the_step_generator():
+    # the next step's generator state is the same after either path: uniforms, then each site's noise
+    vae, x = tiny_vae(), torch.rand(10, 12)
+    for compile in ("off", "on"):
+        step = Step(vae, make_objective("iwae", 3), dynamic_binarization=True, compile=compile, backend=None)
+        generator = noise.step_generator(0, 5, "cpu")
+        step(x, None, generator)
+        after = generator.get_state()
+        if compile == "on":
+            assert torch.equal(after, eager_after)
+        eager_after = after
+
+
+def test_one_graph_per_shape_so_a_short_final_batch_compiles_once():
+    vae, x = tiny_vae(), torch.rand(10, 12)
+    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="on", backend=None)
+    for epoch in range(3):
+        for batch in (x, x[:7]):
+            step(batch, None, noise.step_generator(0, epoch, "cpu"))
+    assert step.compilations == 2 and step.compiled
+
+
+class BranchesOnValues(torch.nn.Module):
+    """An encoder whose Python depends on its input's values: no single graph represents it."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(12, 6)
+
+    def forward(self, x):
+        h = self.net(x)
+        if h.sum() > 0:
+            h = -h
+        return h[..., :3], h[..., 3:].exp()
+
+
+def test_an_untraceable_guide_runs_eager_under_auto_with_one_line(capsys):
+    vae, x = tiny_vae(encoder=BranchesOnValues()), torch.rand(10, 12)
+    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", backend=None)
+    losses = [step(x, None, noise.step_generator(0, i, "cpu")) for i in range(3)]
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "training eager" in err
+    assert "test_step.py" in err and "if h.sum() > 0" in err  # names the line that branches
+    assert not step.compiled and step.compilations == 0
+    eager, _, _ = loss_and_grads(vae, "elbo", 1, "off", x, batch=2)
+    assert torch.equal(losses[-1], eager)
+
+
+def test_compile_on_makes_an_untraceable_guide_an_error():
+    vae = tiny_vae(encoder=BranchesOnValues())
+    with pytest.raises(UserError, match="train.compile = on but the training step cannot be compiled: .*branches on tensor values"):
+        loss_and_grads(vae, "elbo", 1, "on", torch.rand(10, 12))
+
+
+def no_compiler(graph, example_inputs):
+    raise RuntimeError("no C++ compiler found")
+
+
+def test_a_failing_compiler_falls_back_under_auto_and_is_an_error_under_on(capsys):
+    x = torch.rand(10, 12)
+    eager, _, _ = loss_and_grads(tiny_vae(), "elbo", 1, "off", x)
+    torch.manual_seed(0)
+    loss, _, step = loss_and_grads(tiny_vae(), "elbo", 1, "auto", x, backend=no_compiler)
+    assert not step.compiled
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the compiler failed" in err and "no C++ compiler found" in err
+    with pytest.raises(UserError, match="cannot be compiled: the compiler failed"):
+        loss_and_grads(tiny_vae(), "elbo", 1, "on", x, backend=no_compiler)
+
+
+def test_train_compile_is_validated():
+    with pytest.raises(UserError, match="train.compile = 'yes' is not valid; choose one of: auto, on, off"):
+        config.load(None, ["train.compile=yes"])
+
+
+def test_a_non_finite_loss_is_found_on_the_device_when_the_losses_are_read():
+    losses = EpochLosses(5, first_step=20, epoch=2, device="cpu")
+    for value in (1.0, 2.0, float("inf"), float("nan")):
+        losses.add(torch.tensor(value))
+    with pytest.raises(UserError, match=r"the loss became inf at step 23 \(epoch 3\)"):
+        losses.total()
+
+
+COMPILED = ["data.limit=250", "data.test_limit=100", "model.latent_dim=4", "model.encoder.hidden=[16]",
+            "model.decoder.hidden=[16]", "model.conditional=true", "train.compile=on", "train.kl_warmup_epochs=1"]
+
+
+def test_a_compiled_run_compiles_once_per_shape_resumes_exactly_and_tracks_eager(data_dir, tmp_path, capsys):
+    cfg = small_config(data_dir, *COMPILED)
+    straight, _ = train_run(cfg, tmp_path / "straight", progress=False)
+    # 250 images in batches of 100: shapes (100, 784) and (50, 784), over two epochs
+    assert capsys.readouterr().err.count("compiled the training step") == 2
+    train_run(small_config(data_dir, *COMPILED, "train.epochs=1"), tmp_path / "resumed", progress=False)
+    resumed, _ = train_run(cfg, tmp_path / "resumed", resume=True, progress=False)
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    eager, _ = train_run(small_config(data_dir, *COMPILED, "train.compile=off"), tmp_path / "eager", progress=False)
+    for name, tensor in straight.state_dict().items():
+        assert torch.allclose(tensor, eager.state_dict()[name], rtol=1e-3, atol=1e-5), name
+
+
+def test_a_compiled_run_stops_at_the_first_non_finite_loss(data_dir):
+    cfg = small_config(data_dir, *COMPILED)
+    ds = load_dataset(cfg)
+    vae = checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes)
+
+    def poison(state, optimizer):  # the first step of epoch 2 meets a NaN output bias
+        with torch.no_grad():
+            list(vae.decoder.parameters())[-1][0] = float("nan")
+
+    with pytest.raises(UserError, match=r"the loss became nan at step 4 \(epoch 2\)"):
+        fit(vae, ds, cfg, on_epoch=poison, progress=False)
