@@ -240,9 +240,10 @@ def prepare_run_dir(out, cfg, resume, overwrite):
     if resume:
         payload = checkpoint.load(out / "checkpoint.pt")
         stored = config_lib.loads(payload["config"])
-        stored.train.epochs, stored.train.max_steps = cfg.train.epochs, cfg.train.max_steps
+        # how the step runs does not change what it computes: a run may resume compiled or eager
+        stored.train.epochs, stored.train.max_steps, stored.train.compile = cfg.train.epochs, cfg.train.max_steps, cfg.train.compile
         if stored != cfg:
-            raise UserError(f"--resume: the config differs from the one {out} was trained with (only train.epochs and train.max_steps may change); drop --config/--set or start a new run")
+            raise UserError(f"--resume: the config differs from the one {out} was trained with (only train.epochs, train.max_steps and train.compile may change); drop --config/--set or start a new run")
         return payload
     if has_run and not overwrite:
         raise UserError(f"{out} already holds a run; add --resume to continue it, --overwrite to replace it, or choose another --out")

@@ -33,6 +33,8 @@ def small_config(data_dir, *overrides):
         "model.decoder.hidden=[64]",
         "train.epochs=2",
         "train.device=cpu",
+        # compiling costs seconds per run; tests/test_step.py covers the compiled step and compiled runs
+        "train.compile=off",
     ]
     return config.load(None, base + list(overrides))
 

@@ -53,7 +53,7 @@ class Workspace:
         """A tiny run trained on a user .npy of binary pixels; returns (run folder, data file, its overrides)."""
         data = self.array("pixels.npy", x=(np.random.default_rng(0).random((40, features)) > 0.5).astype(np.float32))
         overrides = [f'data.path="{data}"', "data.binarize=none", "model.latent_dim=2", "model.encoder.hidden=[8]",
-                     "model.decoder.hidden=[8]", "train.batch_size=10", "train.epochs=1", "train.device=cpu"]
+                     "model.decoder.hidden=[8]", "train.batch_size=10", "train.epochs=1", "train.device=cpu", "train.compile=off"]
         train_run(config.load(None, overrides), self.tmp / "arun", progress=False)
         return self.tmp / "arun", data, overrides
 
@@ -70,7 +70,7 @@ def train_on(ws, data_path, *overrides):
 def small(ws, *overrides):
     """The small MNIST config of tests/conftest.py as --set arguments."""
     return sets(f'data.dir="{ws.data_dir}"', "data.limit=2000", "data.test_limit=500", "model.latent_dim=8",
-                "model.encoder.hidden=[64]", "model.decoder.hidden=[64]", "train.epochs=2", "train.device=cpu", *overrides)
+                "model.encoder.hidden=[64]", "model.decoder.hidden=[64]", "train.epochs=2", "train.device=cpu", "train.compile=off", *overrides)
 
 
 def damage_checkpoint(ws, how):
@@ -194,7 +194,7 @@ ROWS = [
     Row("run folder holds another run", lambda ws: ["train", "--out", str(ws.mnist_run()), *small(ws, "seed=1")],
         ("already holds a run", "add --resume to continue it, --overwrite to replace it")),
     Row("resume with another config", lambda ws: ["train", "--out", str(ws.mnist_run()), "--resume", *small(ws, "model.latent_dim=9")],
-        ("the config differs", "only train.epochs and train.max_steps may change")),
+        ("the config differs", "only train.epochs, train.max_steps and train.compile may change")),
 ]
 
 

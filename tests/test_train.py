@@ -109,7 +109,7 @@ def test_user_arrays_train_through_the_cli(tmp_path):
     np.savez(tmp_path / "mine.npz", x=x, y=rng.integers(0, 3, 300))
     argv = ["train", "--out", str(tmp_path / "run"), "--no-progress", "--set", f'data.path="{tmp_path / "mine.npz"}"',
             "--set", "data.binarize=none", "--set", "model.latent_dim=2", "--set", "model.conditional=true",
-            "--set", "train.epochs=1", "--set", "train.batch_size=50"]
+            "--set", "train.epochs=1", "--set", "train.batch_size=50", "--set", "train.compile=off"]
     assert main(argv) == 0
     _, vae, payload = checkpoint.load_run(tmp_path / "run")
     assert (vae.input_dim, vae.num_classes, tuple(payload["image_shape"])) == (36, 3, (6, 6))
@@ -130,10 +130,10 @@ def test_training_on_tensors_from_python():
     labels = torch.randint(0, 3, (600,))
     x = torch.bernoulli(centers[labels])
     vae = VAE(input_dim=30, latent_dim=2, encoder={"hidden": [32]}, decoder={"hidden": [32]}, num_classes=3)
-    state = fit_tensors(vae, x, labels, overrides=["train.epochs=3", "train.batch_size=50"], progress=False)
+    state = fit_tensors(vae, x, labels, overrides=["train.epochs=3", "train.batch_size=50", "train.compile=off"], progress=False)
     assert [row["epoch"] for row in state.history] == [1, 2, 3] and state.step == 3 * 11  # 540 rows / 50
     assert state.history[-1]["test_elbo"] > state.history[0]["test_elbo"]
     with pytest.raises(UserError, match="labels"):
-        fit_tensors(vae, x, overrides=["train.epochs=1"], progress=False)
+        fit_tensors(vae, x, overrides=["train.epochs=1", "train.compile=off"], progress=False)
     with pytest.raises(UserError, match="binary"):
-        fit_tensors(VAE(input_dim=30, latent_dim=2), torch.rand(100, 30), overrides=["train.epochs=1"], progress=False)
+        fit_tensors(VAE(input_dim=30, latent_dim=2), torch.rand(100, 30), overrides=["train.epochs=1", "train.compile=off"], progress=False)
