@@ -6,6 +6,7 @@ gradients are all-reduced by ``DistributedDataParallel``. A single process runs 
 with a world of one. :func:`init` is the one place a device is decided.
 """
 
+import inspect
 import os
 from dataclasses import dataclass, field
 
@@ -89,5 +90,8 @@ def wrap(module, world):
     """
     if world.size == 1:
         return module
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch 2.14 renamed the option (and warns on the old name in every process)
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
     device_ids = [world.device.index] if world.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
+    return ddp(module, device_ids=device_ids, **{no_sync: False})

@@ -214,4 +214,4 @@ def fit_tensors(vae, x, y=None, x_test=None, y_test=None, overrides=(), progress
         test = data.Split(torch.as_tensor(x_test, dtype=torch.float32), None if y_test is None else torch.as_tensor(y_test))
     ds = data.prepare(data.Dataset(train, test, (1, vae.input_dim), vae.num_classes), cfg.data.binarize, cfg.seed)
     data.check_data(vae, ds, cfg.data.binarize)
-    return fit(vae, ds.to(vae.device), cfg, progress=progress, world=distributed.World(device=vae.device))
+    return fit(vae, ds.to(vae.device), cfg, progress=progress)

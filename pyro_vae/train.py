@@ -75,7 +75,8 @@ def train_epoch(vae, train, cfg, state, optimizer, loss_module, world, bar):
     """One pass over ``train`` in the epoch's order; returns (sum of the losses, data seen)."""
     t = cfg.train
     steps_per_epoch = math.ceil(len(train) / t.batch_size)
-    order = noise.epoch_order(len(train), cfg.seed, state.epoch, world.device)
+    device = train.x.device
+    order = noise.epoch_order(len(train), cfg.seed, state.epoch, device)
     loss_sum, seen = 0.0, 0
     for batch_index, start in enumerate(range(0, len(train), t.batch_size)):
         if t.max_steps and state.step >= t.max_steps:
@@ -85,7 +86,7 @@ def train_epoch(vae, train, cfg, state, optimizer, loss_module, world, bar):
             break
         rows = world.shard(len(idx))
         batch = train[idx[rows]]
-        step_noise = noise.StepNoise(cfg.seed, state.epoch * steps_per_epoch + batch_index, len(idx), rows, world.device)
+        step_noise = noise.StepNoise(cfg.seed, state.epoch * steps_per_epoch + batch_index, len(idx), rows, device)
         x = step_noise.binarize(batch.x) if cfg.data.binarize == "dynamic" else batch.x
         loss = loss_module(x, batch.y, step_noise, kl_weight(state.step, t.kl_warmup_epochs, steps_per_epoch))
         (value,) = world.sum(loss.item())
@@ -110,7 +111,7 @@ def train_epoch(vae, train, cfg, state, optimizer, loss_module, world, bar):
 
 
 def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=True, world=distributed.World()):
-    """Train ``vae`` on ``ds`` (a :class:`data.Dataset` already on the world's device) as
+    """Train ``vae`` on ``ds`` (a :class:`data.Dataset` already on the VAE's device) as
     ``cfg.train`` says. ``on_epoch(state, optimizer)`` runs on the main process after every epoch
     (checkpointing). Returns the state.
 

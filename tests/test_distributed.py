@@ -51,6 +51,7 @@ def test_only_the_main_process_writes_and_prints(data_dir, tmp_path):
     assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 3
     assert result.stdout.count("wrote ") == 1
     assert result.stdout.count("epoch 2: train ELBO") == 1 and "epoch 2: train ELBO" not in result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # e.g. DDP's deprecation notice, once per process
 
 
 def test_resume_under_torchrun_continues_the_run(data_dir, tmp_path):
