@@ -17,7 +17,10 @@ from plain import IWAE_PAPER_NET, plain_step
 
 from pyro_vae import VAE
 from pyro_vae import config as config_lib
-from pyro_vae.train import elbo_per_datum, load_dataset, resolve_device, train_run
+from pyro_vae.data import load_dataset
+from pyro_vae.distributed import resolve_device
+from pyro_vae.run import train_run
+from pyro_vae.train import elbo_per_datum
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "mnist_vae.toml"
 

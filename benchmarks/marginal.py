@@ -48,7 +48,7 @@ from torchvision.datasets import MNIST
 from pyro_vae import VAE, estimate_log_px
 from pyro_vae.data import binarize_fixed, data_root
 from pyro_vae.marginal import CHUNK_ELEMENTS
-from pyro_vae.train import resolve_device
+from pyro_vae.distributed import resolve_device
 
 
 def setup(batch_size, device):

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae import checkpoint
+from pyro_vae.run import load_checkpoint
 from pyro_vae import config as config_lib
 from pyro_vae.errors import UserError
-from pyro_vae.train import train_run
+from pyro_vae.run import train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def main():
     out = Path(args.out)
     cfg = config_lib.load(args.config, args.overrides + [f"train.epochs={args.epochs}"])
     started = time.perf_counter()
-    done = checkpoint.load(out / "checkpoint.pt")["state"]["epoch"] if (out / "checkpoint.pt").exists() else 0
+    done = load_checkpoint(out / "checkpoint.pt")["state"]["epoch"] if (out / "checkpoint.pt").exists() else 0
     if done < args.epochs:
         try:
             train_run(cfg, out, resume=done > 0, progress=False)
@@ -64,7 +64,7 @@ def main():
         sys.exit(result.stderr)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     eval_seconds = time.perf_counter() - started
-    history = checkpoint.load(out / "checkpoint.pt")["state"]["history"]
+    history = load_checkpoint(out / "checkpoint.pt")["state"]["history"]
     print("| config | objective | prior | epochs | test ELBO | test log p(x) (K, images) | k-hat > 0.7 | train s | eval s | hardware | commit |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     print(f"| {Path(args.config).name} {' '.join(args.overrides)} | {cfg.train.objective} k={cfg.train.num_particles} | {cfg.model.prior} "

@@ -14,10 +14,10 @@ import argparse
 from pathlib import Path
 
 from pyro_vae import config
-from pyro_vae.checkpoint import load_run
+from pyro_vae.run import load_run
 from pyro_vae.generate import draw
 from pyro_vae.plots import image_grid
-from pyro_vae.train import train_run
+from pyro_vae.run import train_run
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "mnist_cvae.toml"
 

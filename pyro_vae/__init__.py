@@ -5,9 +5,10 @@ from .likelihoods import LIKELIHOODS
 from .marginal import LogPxResult, estimate_log_px
 from .model import VAE
 from .priors import PRIORS
-from .train import fit_tensors
+from .run import fit_tensors, load_run, train_run
 
 register_prior = PRIORS.register
 register_likelihood = LIKELIHOODS.register
 
-__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood", "estimate_log_px", "LogPxResult", "fit_tensors"]
+__all__ = ["VAE", "UserError", "PRIORS", "LIKELIHOODS", "register_prior", "register_likelihood", "estimate_log_px", "LogPxResult",
+           "fit_tensors", "train_run", "load_run"]

@@ -4,8 +4,8 @@ Every ``UserError`` becomes one line on stderr and exit status 2.
 """
 
 import argparse
-import os
 import sys
+from importlib.metadata import version
 from pathlib import Path
 
 from .errors import UserError
@@ -18,6 +18,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     parser = _Parser(prog="pyro-vae", description="Variational autoencoders written the Pyro way.")
+    parser.add_argument("--version", action="version", version=f"pyro-vae {version('pyro_vae')}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a VAE into a run folder")
@@ -50,21 +51,20 @@ def build_parser():
 
 def cmd_train(args):
     from . import config, distributed
-    from .train import train_run
+    from .run import train_run
 
     cfg = config.load(args.config, args.overrides)
-    try:
-        train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
-    finally:
-        distributed.shutdown()
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"wrote {args.out}: config.toml, checkpoint.pt, metrics.csv, samples.png, reconstructions.png, loss.png")
+    with distributed.init(cfg.train.device) as world:
+        train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, world=world)
+        if world.is_main:
+            print(f"wrote {args.out}: config.toml, checkpoint.pt, metrics.csv, samples.png, reconstructions.png, loss.png")
 
 
 def cmd_evaluate(args):
     from .evaluate import evaluate_run
 
-    evaluate_run(args)
+    evaluate_run(args.run_dir, num_samples=args.num_samples, limit=args.limit, chunk_size=args.chunk_size,
+                 batch_size=args.batch_size, seed=args.seed, device=args.device, json_summary=args.json)
 
 
 def cmd_generate(args):

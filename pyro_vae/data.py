@@ -1,8 +1,15 @@
 """Datasets as whole tensors on the training device: MNIST through torchvision, or the user's
 own arrays. Batches are sliced from device memory; no per-item DataLoader transforms.
+
+Also what is decided about data once, before training or evaluation: which files a config means,
+their fingerprint (so a run refuses data that changed), the binarization fixed up front, the one
+hold-out rule, and the checks that catch bad data before it becomes NaNs halfway through.
 """
 
+import hashlib
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,11 +31,22 @@ class Split:
     def __len__(self):
         return self.x.shape[0]
 
+    def __getitem__(self, idx):
+        """Rows ``idx`` (a slice or an index tensor), with their labels."""
+        return Split(self.x[idx], None if self.y is None else self.y[idx])
+
     def to(self, device):
         return Split(self.x.to(device), None if self.y is None else self.y.to(device))
 
     def head(self, n):
-        return self if not n else Split(self.x[:n], None if self.y is None else self.y[:n])
+        """The first ``n`` rows (all of them for ``n = 0``)."""
+        return self if not n else self[:n]
+
+    def split_off(self, fraction=0.1):
+        """``(rest, held_out)``: the last ``fraction`` of the rows (at least one) held out. The
+        package's one hold-out rule, for user arrays without a test set."""
+        n_test = max(1, int(len(self) * fraction))
+        return self[: len(self) - n_test], self[len(self) - n_test :]
 
 
 @dataclass
@@ -41,6 +59,9 @@ class Dataset:
     @property
     def input_dim(self):
         return self.train.x.shape[1]
+
+    def to(self, device):
+        return Dataset(self.train.to(device), self.test.to(device), self.image_shape, self.num_classes)
 
 
 DEFAULT_ROOT = Path.home() / ".cache" / "pyro_vae"
@@ -62,22 +83,45 @@ def load_mnist(root):
             f"MNIST is not under {Path(root) / 'MNIST' / 'raw'}; put the four files {', '.join(MNIST_FILES)} there, "
             f"point data.dir / PYRO_VAE_DATA at a folder that has them, or unset both to download MNIST into {DEFAULT_ROOT}"
         )
+    if not present:
+        download_mnist(root)
     splits = []
     for train in (True, False):
-        try:
-            ds = MNIST(root, train=train, download=not present)
-        except Exception as e:  # torchvision raises RuntimeError or URLError depending on what failed
-            raise UserError(
-                f"MNIST is not under {Path(root) / 'MNIST' / 'raw'} and could not be downloaded ({type(e).__name__}); "
-                f"put the four files {', '.join(MNIST_FILES)} there, or point data.dir / PYRO_VAE_DATA at a folder that has them"
-            ) from None
+        ds = MNIST(root, train=train)
         splits.append(Split(ds.data.reshape(len(ds.data), -1).float() / 255.0, ds.targets.long()))
     return Dataset(splits[0], splits[1], (28, 28), 10)
 
 
+def download_mnist(root):
+    """Download into a temporary folder beside ``root/MNIST`` and move it into place only once
+    complete, so a failed or interrupted download leaves nothing behind."""
+    from torchvision.datasets import MNIST
+
+    root = Path(root)
+    existed = root.exists()
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=".download-"))
+    try:
+        MNIST(staging, train=True, download=True)
+        shutil.rmtree(root / "MNIST", ignore_errors=True)
+        (staging / "MNIST").rename(root / "MNIST")
+    except Exception as e:  # torchvision raises RuntimeError or URLError depending on what failed
+        raise UserError(
+            f"MNIST is not under {root / 'MNIST' / 'raw'} and could not be downloaded ({type(e).__name__}); "
+            f"put the four files {', '.join(MNIST_FILES)} there, or point data.dir / PYRO_VAE_DATA at a folder that has them"
+        ) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not existed and not any(root.iterdir()):
+            root.rmdir()
+
+
+def mnist_files(root):
+    return [Path(root) / "MNIST" / "raw" / name for name in MNIST_FILES]
+
+
 def _mnist_present(root):
-    raw = Path(root) / "MNIST" / "raw"
-    return all((raw / name).exists() for name in MNIST_FILES)
+    return all(path.exists() for path in mnist_files(root))
 
 
 def load_arrays(path, test_fraction=0.1):
@@ -103,8 +147,7 @@ def load_arrays(path, test_fraction=0.1):
         if test.x.shape[1] != x.shape[1]:
             raise UserError(f"{path}: x_test has {test.x.shape[1]} features per row but x has {x.shape[1]}")
     else:
-        n_test = max(1, int(len(x) * test_fraction))
-        train, test = Split(x, y).head(len(x) - n_test), Split(x[-n_test:], None if y is None else y[-n_test:])
+        train, test = Split(x, y).split_off(test_fraction)
     num_classes = int(y.max()) + 1 if y is not None else None
     return Dataset(train, test, tuple(image_shape), num_classes)
 
@@ -138,6 +181,47 @@ def _guess_shape(dim):
 def load(cfg_data):
     ds = load_arrays(cfg_data.path) if cfg_data.path else load_mnist(data_root(cfg_data.dir))
     return Dataset(ds.train.head(cfg_data.limit), ds.test.head(cfg_data.test_limit), ds.image_shape, ds.num_classes)
+
+
+def resolved_location(cfg_data):
+    """``(dir, path)`` with the places a config means made absolute: a run records these, so
+    any shell finds the same data whatever its ``PYRO_VAE_DATA``."""
+    if cfg_data.path:
+        return "", str(Path(cfg_data.path).resolve())
+    return str(Path(data_root(cfg_data.dir)).resolve()), ""
+
+
+def fingerprint(cfg_data):
+    """SHA-256 of the files the config's data come from (MNIST's four files, or the user's array
+    file): what a run stores to refuse, later, data that changed under it."""
+    files = [Path(cfg_data.path)] if cfg_data.path else mnist_files(data_root(cfg_data.dir))
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def load_dataset(cfg):
+    """The config's data, binarized as configured, on the CPU (callers move what they use)."""
+    ds = prepare(load(cfg.data), cfg.data.binarize, cfg.seed)
+    if cfg.model.conditional and ds.num_classes is None:
+        raise UserError("model.conditional = true needs labels; give 'y' in the data file or use MNIST")
+    return ds
+
+
+def check_data(vae, ds, binarize):
+    """Bad data is caught here, once, rather than as NaNs halfway through training."""
+    for split in (ds.train, ds.test):
+        if split.x.shape[1] != vae.input_dim:
+            raise UserError(f"the data have {split.x.shape[1]} features per datum but the model expects {vae.input_dim}; use the data the run was trained on")
+        if not torch.isfinite(split.x).all():
+            raise UserError("the data contain NaN or inf values; clean or drop those rows before training")
+        vae.check_labels(split.y, len(split))
+        # a dynamic run's training pixels are grey here and become binary when each batch is drawn
+        if not (split is ds.train and binarize == "dynamic"):
+            vae.likelihood.check(split.x)
 
 
 def binarize_fixed(x, seed):

@@ -1,23 +1,39 @@
-"""Data-parallel training with torch.distributed, started by ``torchrun``.
+"""Where the work runs: the device, and data-parallel training with torch.distributed under ``torchrun``.
 
 Under torchrun (``WORLD_SIZE`` > 1 in the environment) every process joins one process group
 (``nccl`` on GPUs, ``gloo`` on CPU) and takes a contiguous shard of each global batch; the
 gradients are all-reduced by ``DistributedDataParallel``. A single process runs the same code
-with a world of one.
+with a world of one. :func:`init` is the one place a device is decided.
 """
 
+import inspect
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
+
+
+def resolve_device(name, option="train.device"):
+    """``auto`` -> CUDA when present, else the CPU; ``option`` names the setting in the error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{option} is cuda but CUDA is not available here; use {option} auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
 
 @dataclass(frozen=True)
 class World:
+    """The processes training together and this one's place among them. As a context manager it
+    tears the process group down on exit, however the block ends."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self):
@@ -29,11 +45,11 @@ class World:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (self.rank < extra))
 
-    def sum(self, *values, device="cpu"):
+    def sum(self, *values):
         """Sum floats over all processes (returns them unchanged in a world of one)."""
         if self.size == 1:
             return values
-        t = torch.tensor(values, dtype=torch.float64, device=device)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return tuple(t.tolist())
 
@@ -41,32 +57,41 @@ class World:
         if self.size > 1:
             dist.barrier()
 
+    def __enter__(self):
+        return self
 
-def init(device_name):
-    """Join the process group torchrun describes, or return a world of one."""
+    def __exit__(self, *exc):
+        if self.size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def init(device_name="auto", option="train.device"):
+    """Join the process group torchrun describes, or return a world of one, on the device
+    ``device_name`` asks for (each process of a multi-GPU world takes its local GPU)."""
+    device = resolve_device(device_name, option)
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
-        return World()
+        return World(device=device)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        use_cuda = device_name != "cpu" and torch.cuda.is_available()
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def wrap(module, world):
     """DistributedDataParallel around ``module`` when there are several processes.
 
     DDP averages gradients over processes; the loss is a sum over each shard, so the trainer
-    scales it by the world size to get the gradient of the sum over the global batch.
+    scales it by the world size to get the gradient of the sum over the global batch. The
+    module has no buffers that change in training, so none are broadcast.
     """
     if world.size == 1:
         return module
-    device_ids = [world.local_rank] if next(module.parameters()).is_cuda else None
-    return torch.nn.parallel.DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
-
-
-def shutdown():
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    ddp = torch.nn.parallel.DistributedDataParallel
+    # torch 2.14 renamed the option (and warns on the old name in every process)
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(ddp).parameters else "broadcast_buffers"
+    device_ids = [world.device.index] if world.device.type == "cuda" else None
+    return ddp(module, device_ids=device_ids, **{no_sync: False})

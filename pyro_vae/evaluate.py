@@ -11,50 +11,46 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
-from . import checkpoint, plots, train
+from . import data, plots
+from .distributed import resolve_device
 from .errors import UserError
+from .files import atomic_write_text
 from .marginal import KHAT_TRUST, estimate_log_px
+from .run import check_same_data, load_run
 
 CSV_FIELDS = ("index", "label", "log_px", "elbo", "gap", "ess", "khat")
 
 
-def check_args(args):
-    if args.num_samples < 1:
-        raise UserError(f"--num-samples must be at least 1, got {args.num_samples} (the papers' figure uses 5000)")
-    if args.limit < 0:
-        raise UserError(f"--limit must be 0 (the whole test set) or a positive number of test images, got {args.limit}")
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.chunk_size < 0:
-        raise UserError(f"--chunk-size must be a positive number of samples, or 0 to choose one for memory, got {args.chunk_size}")
+def check_args(num_samples, limit, batch_size, chunk_size):
+    if num_samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {num_samples} (the papers' figure uses 5000)")
+    if limit < 0:
+        raise UserError(f"--limit must be 0 (the whole test set) or a positive number of test images, got {limit}")
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if chunk_size < 0:
+        raise UserError(f"--chunk-size must be a positive number of samples, or 0 to choose one for memory, got {chunk_size}")
 
 
-def evaluate_run(args):
-    check_args(args)
-    run_dir = Path(args.run_dir)
-    device = train.resolve_device(args.device, option="--device")
-    cfg, vae, _ = checkpoint.load_run(run_dir, device)
-    ds = train.load_dataset(cfg)
-    train.check_data(vae, ds, cfg.data.binarize)
-    test = ds.test.head(args.limit).to(device)
+def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size=100, seed=0, device="auto", json_summary=False):
+    """log p(x) of the run's test set (its first ``limit`` images); prints the table (and with
+    ``json_summary`` a JSON line) and writes ``log_px.csv`` and ``diagnostics.png``."""
+    check_args(num_samples, limit, batch_size, chunk_size)
+    run_dir = Path(run_dir)
+    device = resolve_device(device, option="--device")
+    cfg, vae, payload = load_run(run_dir, device)
+    ds = data.load_dataset(cfg)
+    data.check_data(vae, ds, cfg.data.binarize)
+    check_same_data(run_dir, cfg, payload)
+    test = ds.test.head(limit).to(device)
     conditional = vae.num_classes is not None
-    result = estimate_log_px(
-        vae,
-        test.x,
-        test.y if conditional else None,
-        num_samples=args.num_samples,
-        chunk_size=args.chunk_size or None,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=True,
-    )
+    result = estimate_log_px(vae, test.x, test.y, num_samples=num_samples, chunk_size=chunk_size or None,
+                             batch_size=batch_size, seed=seed, progress=True)
     summary = result.summary()
-    checkpoint.atomic_write_text(run_dir / "log_px.csv", per_datum_csv(result, test.y))
-    plots.save_png(run_dir / "diagnostics.png", lambda f: diagnostics_figure(result, f))
+    atomic_write_text(run_dir / "log_px.csv", per_datum_csv(result, test.y))
+    plots.diagnostics_figure(run_dir / "diagnostics.png", result.khat, result.ess, result.num_samples, KHAT_TRUST)
     print(table(summary, run_dir, cfg.data.binarize, conditional))
-    if args.json:
+    if json_summary:
         print(json.dumps({key: finite_or_none(value) for key, value in summary.items()}))
     return result
 
@@ -90,23 +86,3 @@ def table(s, run_dir, binarize, conditional):
         f"per-datum results: {run_dir / 'log_px.csv'}; k-hat and ESS histograms: {run_dir / 'diagnostics.png'}",
     ]
     return "\n".join(rows)
-
-
-def diagnostics_figure(result, f):
-    import matplotlib.pyplot as plt
-
-    khat = result.khat[torch.isfinite(result.khat)]
-    fig, (ax_k, ax_e) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_k.hist(khat.numpy(), bins=40, color="tab:blue")
-    ax_k.axvline(KHAT_TRUST, color="tab:red", linestyle="--", label="0.7: above, not to be trusted")
-    ax_k.set_xlabel("PSIS Pareto k-hat per datum")
-    ax_k.set_ylabel("test data")
-    unfitted = len(result.khat) - len(khat)
-    ax_k.set_title(f"k-hat ({unfitted} data with too few tail samples to fit)" if unfitted else "k-hat")
-    ax_k.legend()
-    ax_e.hist((result.ess / result.num_samples).numpy(), bins=40, range=(0, 1), color="tab:green")
-    ax_e.set_xlabel(f"ESS / K  (K = {result.num_samples})")
-    ax_e.set_title("effective sample size of the importance weights")
-    fig.tight_layout()
-    fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)

@@ -6,9 +6,9 @@ import numpy as np
 import pyro
 import torch
 
-from .checkpoint import atomic_write_bytes, load_run
 from .errors import UserError
-from .plots import image_grid
+from .files import atomic_write_bytes
+from .run import load_run
 
 
 def labels_for(vae, n, digit, same_style):
@@ -19,14 +19,14 @@ def labels_for(vae, n, digit, same_style):
         return None, 8 if n >= 8 else n
     digit = "all" if digit is None else digit
     if digit == "all":
-        return torch.arange(vae.num_classes).repeat_interleave(n), n
+        return vae.labels_per_class(n), n
     if same_style:
         raise UserError("--same-style draws one style per column across all digits; use it with --digit all")
     # an int from Python or the CLI's text; isascii keeps out digits of other scripts ("٣")
     text = str(digit)
     if not (text.isascii() and text.isdigit()) or int(text) >= vae.num_classes:
         raise UserError(f"--digit must be 'all' or a class from 0 to {vae.num_classes - 1}, got {digit!r}")
-    return torch.full((n,), int(text)), 8 if n >= 8 else n
+    return torch.full((n,), int(text), device=vae.device), 8 if n >= 8 else n
 
 
 def draw(vae, n, digit=None, same_style=False, seed=0):
@@ -43,8 +43,8 @@ def draw(vae, n, digit=None, same_style=False, seed=0):
     count = n if labels is None else len(labels)
     z = None
     if same_style:
-        z = vae.prior(vae.encoder).sample((n,)).repeat(vae.num_classes, 1)
-    images = vae.sample(count, y=None if labels is None else labels.to(vae.device), z=z)
+        z = vae.prior_distribution().sample((n,)).repeat(vae.num_classes, 1)
+    images = vae.sample(count, y=labels, z=z)
     return images, labels, nrow
 
 
@@ -57,9 +57,11 @@ def generate_run(run_dir, out, n=64, digit=None, same_style=False, seed=0):
     image_shape = tuple(payload["image_shape"])
     images, labels, nrow = draw(vae, n, digit, same_style, seed)
     if out.suffix == ".png":
+        from .plots import image_grid  # matplotlib and torchvision: only where a figure is drawn
+
         image_grid(out, images, image_shape, nrow)
         return
-    labels = np.full(len(images), -1, dtype=np.int64) if labels is None else labels.numpy().astype(np.int64)
+    labels = np.full(len(images), -1, dtype=np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
     buffer = io.BytesIO()
     np.savez(buffer, images=images.reshape(-1, *image_shape).cpu().numpy().astype(np.float32), labels=labels)
     atomic_write_bytes(out, buffer.getvalue())

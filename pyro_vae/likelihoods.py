@@ -39,7 +39,7 @@ class Likelihood(nn.Module):
 class Bernoulli(Likelihood):
     """x_i ~ Bernoulli(sigmoid(out_i)): the decoder outputs logits; log p(x|z) is minus the BCE."""
 
-    name, support = "bernoulli", "binary"
+    support = "binary"
 
     def __init__(self, input_dim):
         super().__init__()
@@ -67,7 +67,7 @@ class ContinuousBernoulli(Likelihood):
     """The continuous Bernoulli (Loaiza-Ganem & Cunningham 2019): the properly normalized density
     on [0, 1] for grey-level pixels; the decoder outputs logits."""
 
-    name, support = "continuous_bernoulli", "unit"
+    support = "unit"
 
     def __init__(self, input_dim):
         super().__init__()
@@ -102,11 +102,11 @@ class _LocScale(Likelihood):
 class Gaussian(_LocScale):
     """x ~ N(out, s^2 I): with a fixed s, log p(x|z) is minus the squared error over 2 s^2, plus a constant."""
 
-    name, family = "gaussian", dist.Normal
+    family = dist.Normal
 
 
 @LIKELIHOODS.register("laplace")
 class Laplace(_LocScale):
     """x ~ Laplace(out, s): absolute-error reconstruction, heavier tails than the Gaussian."""
 
-    name, family = "laplace", dist.Laplace
+    family = dist.Laplace

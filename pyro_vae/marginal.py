@@ -43,6 +43,8 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from . import objectives
+from .data import Split
 from .errors import UserError
 
 # Floats in the largest per-chunk tensor (chunk x batch x input_dim): 64 MiB in float32.
@@ -102,12 +104,7 @@ def log_weights(vae, x, y, num_samples):
     with pyro.plate("particles", num_samples, dim=-2):
         guide_trace = poutine.trace(vae.guide).get_trace(x, y)
         model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, y)
-    return site_log_prob(model_trace) - site_log_prob(guide_trace)
-
-
-def site_log_prob(trace):
-    trace.compute_log_prob()
-    return sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
+    return objectives.log_weights(model_trace, guide_trace)
 
 
 def batch_log_weights(vae, x, y, num_samples, chunk_size):
@@ -172,7 +169,7 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
         batch_size: data rows evaluated together.
         seed: if given, draws come from ``torch.manual_seed(seed)`` without disturbing the global
             RNG stream; otherwise from the global RNG.
-        progress: show a progress bar over batches (on stderr).
+        progress: show a progress bar over batches (on stderr, where it is a terminal).
 
     Returns:
         :class:`LogPxResult` with per-datum log p(x), ELBO, ESS and k-hat.
@@ -187,6 +184,7 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
     y = None if vae.num_classes is None or y is None else torch.as_tensor(y, device=x.device)
     vae.check_labels(y, n)
     batch_size = min(batch_size, n)
+    data = Split(x, y)
     chunk_size = min(num_samples, chunk_size or max(1, CHUNK_ELEMENTS // (batch_size * vae.input_dim)))
 
     parts = []
@@ -199,10 +197,9 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
         with torch.no_grad(), pyro.validation_enabled(False), registration, torch.random.fork_rng(devices, enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            for start in tqdm(range(0, n, batch_size), desc="log p(x)", unit="batch", disable=not progress, leave=False):
-                xb = x[start : start + batch_size]
-                yb = None if y is None else y[start : start + batch_size]
-                lw, chunk_size = batch_log_weights(vae, xb, yb, num_samples, chunk_size)
+            for start in tqdm(range(0, n, batch_size), desc="log p(x)", unit="batch", disable=None if progress else True, leave=False):
+                batch = data[start : start + batch_size]
+                lw, chunk_size = batch_log_weights(vae, batch.x, batch.y, num_samples, chunk_size)
                 parts.append((*(t.cpu() for t in reduce_weights(lw)), pareto_khat(lw)))
     finally:
         vae.train(was_training)

@@ -111,7 +111,7 @@ class VAE(nn.Module):
         self._register()
         y_onehot = self.onehot(y)
         with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", self.prior(self.encoder))
+            z = pyro.sample("z", self.prior_distribution())
             out = call_net(self.decoder, z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
 
@@ -135,8 +135,17 @@ class VAE(nn.Module):
             y = y.expand(n) if y.dim() == 0 else y
         self.check_labels(y, n)
         if z is None:
-            z = self.prior(self.encoder).sample((n,))
+            z = self.prior_distribution().sample((n,))
         return self.likelihood.mean(call_net(self.decoder, z, self.onehot(y)))
+
+    def prior_distribution(self):
+        """p(z) as a Pyro distribution with event shape (latent_dim,) (a VampPrior's depends on
+        the encoder, which is why the prior is handed it)."""
+        return self.prior(self.encoder)
+
+    def labels_per_class(self, n):
+        """``n`` labels of each class in turn (0, 0, ..., 1, 1, ...): a grid with a row per class."""
+        return torch.arange(self.num_classes, device=self.device).repeat_interleave(n)
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):

@@ -1,10 +1,11 @@
-"""Training randomness as a function of (seed, step) alone.
+"""All of training's randomness as a function of (seed, epoch) and (seed, step) alone.
 
-Each step draws its random numbers for the *global* batch from a generator seeded by the step:
-the uniforms of dynamic binarization and the standard-normal noise of the guide's
-reparameterized sample z = loc + scale * eps. A process then keeps the rows of its own shard.
-So one process, or N processes each holding 1/N of the batch, see exactly the same numbers, and
-a resumed run continues exactly where it stopped, with no generator state to carry.
+An epoch's shuffle comes from a generator seeded by the epoch; each step draws its random numbers
+for the *global* batch from a generator seeded by the step, in a fixed order: first the uniforms
+of dynamic binarization, then the standard-normal noise of the guide's reparameterized sample
+z = loc + scale * eps. A process then keeps the rows of its own shard. So one process, or N
+processes each holding 1/N of the batch, see exactly the same numbers, and a resumed run
+continues exactly where it stopped, with no generator state to carry.
 """
 
 import pyro.distributions as dist
@@ -12,67 +13,77 @@ import torch
 from pyro.poutine.messenger import Messenger
 
 
-def step_generator(seed, step, device):
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + step + 1)
+def seeded(seed, stream, device="cpu"):
+    """The generator of random stream ``stream`` of a run seeded ``seed``."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stream)
 
 
-def latent_noise_site(msg):
-    """The Normal base of a latent site whose value the noise supplies, else ``None`` (observed
-    or already-valued sites, plates' subsample sites, and non-Normal sites sample as usual)."""
-    if msg["is_observed"] or msg["value"] is not None:
-        return None
-    fn = msg["fn"]
-    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
-    return base if isinstance(base, dist.Normal) else None
+def epoch_order(n, seed, epoch, device):
+    """The shuffle of epoch ``epoch``, the same in every process and after a restart."""
+    return torch.randperm(n, generator=seeded(seed, epoch)).to(device)
 
 
-class ShardNoise(Messenger):
-    """Supplies the guide's latent samples from noise drawn for the global batch.
+class StepNoise(Messenger):
+    """The random numbers of one training step, for this process's ``rows`` of a global batch
+    of ``global_size``: :meth:`binarize` draws the pixels, and, as a Pyro messenger, it supplies
+    the guide's latent samples.
 
-    ``rows`` is this process's slice of the global batch of size ``global_size``. The data plate
-    is the rightmost batch dimension of every latent site (the model's contract); vectorized
-    particles sit to its left and are drawn in full. Only Normal sites (the VAE's guide) take
-    noise from here. ``draws`` records each draw as ``(global_shape, data_dim)``, in order, so
-    that a traced step can draw the same numbers outside its graph (see :func:`draw`).
+    The data plate is the rightmost batch dimension of every latent site (the model's contract);
+    vectorized particles sit to its left and are drawn in full. Only Normal sites (the VAE's
+    guide) take noise from here. ``draws`` records each site's draw as ``(global_shape,
+    data_dim)``, in order, so that a compiled step can draw the same numbers outside its graph
+    (:meth:`uniforms`, then :meth:`normal` for each) and pass them in (:class:`GivenNoise`).
     """
 
-    def __init__(self, generator, global_size, rows):
+    def __init__(self, seed, step, global_size, rows, device):
         super().__init__()
-        self.generator, self.global_size, self.rows = generator, global_size, rows
+        self.generator = seeded(seed, step + 1, device)
+        self.global_size, self.rows = global_size, rows
         self.draws = []
 
+    def uniforms(self, x):
+        """The binarization uniforms of this process's pixels ``x``: pixel i is 1 where u_i < x_i."""
+        return torch.rand(self.global_size, x.shape[1], generator=self.generator, device=x.device)[self.rows]
+
+    def binarize(self, x):
+        """Dynamic binarization of this process's grey pixels ``x``: one Bernoulli draw each."""
+        return (self.uniforms(x) < x).to(x.dtype)
+
+    def normal(self, global_shape, data_dim, like):
+        """Standard-normal noise for the global batch, cut to this process's rows."""
+        eps = torch.randn(global_shape, generator=self.generator, device=like.device, dtype=like.dtype)
+        return eps[(slice(None),) * data_dim + (self.rows,)]
+
     def _pyro_sample(self, msg):
-        base = latent_noise_site(msg)
+        base = latent_normal(msg)
         if base is None:
             return
         shape = msg["fn"].shape()
         data_dim = len(shape) - msg["fn"].event_dim - 1
         global_shape = shape[:data_dim] + (self.global_size,) + shape[data_dim + 1 :]
         self.draws.append((global_shape, data_dim))
-        msg["value"] = base.loc + base.scale * draw(self.generator, global_shape, data_dim, self.rows, base.loc)
-
-
-def draw(generator, global_shape, data_dim, rows, like):
-    """Standard-normal noise for the global batch, cut to this process's ``rows``."""
-    eps = torch.randn(global_shape, generator=generator, device=like.device, dtype=like.dtype)
-    return eps[(slice(None),) * data_dim + (rows,)]
+        msg["value"] = base.loc + base.scale * self.normal(global_shape, data_dim, base.loc)
 
 
 class GivenNoise(Messenger):
     """Supplies the guide's latent samples from noise passed in, one tensor per site in the order
-    :class:`ShardNoise` draws them: the same z = loc + scale * eps, with eps a traced graph's input."""
+    :class:`StepNoise` draws them: the same z = loc + scale * eps, with eps a traced graph's input."""
 
     def __init__(self, eps):
         super().__init__()
         self.eps = list(eps)
 
     def _pyro_sample(self, msg):
-        base = latent_noise_site(msg)
+        base = latent_normal(msg)
         if base is not None:
             msg["value"] = base.loc + base.scale * self.eps.pop(0)
 
 
-def binarization_uniforms(generator, global_size, rows, x):
-    """The uniforms of dynamic binarization for the global batch, cut to ``rows``: a step draws
-    these first, then the guide's noise; pixel i is 1 where u_i < its grey level."""
-    return torch.rand(global_size, x.shape[1], generator=generator, device=x.device)[rows]
+def latent_normal(msg):
+    """The Normal base of a latent site whose value the step's noise supplies, else ``None``:
+    observed or already-valued sites, plates' subsample sites and non-Normal sites sample as usual."""
+    if msg["is_observed"] or msg["value"] is not None:
+        return None
+    fn = msg["fn"]
+    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
+    return base if isinstance(base, dist.Normal) else None

@@ -7,9 +7,36 @@ import math
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from torch.distributions import kl_divergence
 from pyro.poutine.messenger import Messenger
+from torch.distributions import kl_divergence
+
+from .errors import UserError
+
+
+def log_weights(model_trace, guide_trace):
+    r"""The log importance weights :math:`\log p(x, z) - \log q(z|x)` of a guide trace and the model
+    replayed against it: every sample site's ``log_prob`` summed over sites, never over the
+    plates, so the result keeps the particle and data dimensions (shape ``(..., B)``). The IWAE
+    objective and the log p(x) estimator both read their weights from here.
+    """
+    total = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                total = total + sign * site["log_prob"]
+    return total
+
+
+def check_reparameterized(guide_trace):
+    """The IWAE bound's gradient here is the pathwise one: a guide site without ``rsample`` would
+    silently get a biased gradient, so it is refused, as Pyro's ``RenyiELBO`` refuses it."""
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not getattr(site["fn"], "has_rsample", False):
+            raise UserError(
+                f"the IWAE objective needs a reparameterized guide, but the guide's site '{name}' ({type(site['fn']).__name__}) "
+                "has no rsample; use train.objective = \"elbo\" or a guide family with reparameterized samples"
+            )
 
 
 class IWAE_ELBO(RenyiELBO):
@@ -29,14 +56,9 @@ class IWAE_ELBO(RenyiELBO):
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         (model_trace, guide_trace), = self._get_traces(model, guide, args, kwargs)
-        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-        log_w = 0.0
-        for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for site in trace.nodes.values():
-                if site["type"] == "sample":
-                    log_w = log_w + sign * torch_sum(site["log_prob"], sum_dims)
+        check_reparameterized(guide_trace)
         # a particle plate of size 1 leaves no particle dimension on the sites
-        log_w = log_w.reshape(self.num_particles, -1)
+        log_w = log_weights(model_trace, guide_trace).reshape(self.num_particles, -1)
         return -(torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
 

@@ -1,4 +1,6 @@
-"""Figures: image grids through torchvision, curves through matplotlib (headless)."""
+"""Every figure: image grids through torchvision, curves and histograms through matplotlib
+(headless). Figures take tensors and numbers, never a model: drawing needs no model stack.
+"""
 
 import io
 
@@ -9,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
-from .checkpoint import atomic_write_bytes  # noqa: E402
+from .files import atomic_write_bytes  # noqa: E402
 
 
 def save_png(path, render):
@@ -19,35 +21,26 @@ def save_png(path, render):
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def save_figure(path, fig):
+    save_png(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
 def image_grid(path, images, image_shape, nrow=8):
     """``images`` (N, D) in [0, 1] -> a PNG grid with ``nrow`` images per row."""
     pictures = images.detach().float().clamp(0, 1).reshape(-1, 1, *image_shape).cpu()
     save_png(path, lambda f: save_image(make_grid(pictures, nrow=nrow, padding=2, pad_value=0.5), f, format="png"))
 
 
-def sample_grid(vae, n_per_row=8, num_rows=8):
-    """Prior samples: 64 images, or for a conditional VAE one row per class (digits 0 to 9)."""
-    if vae.num_classes:
-        labels = torch.arange(vae.num_classes, device=vae.device).repeat_interleave(n_per_row)
-        return vae.sample(len(labels), y=labels), n_per_row
-    return vae.sample(n_per_row * num_rows), n_per_row
+def reconstruction_grid(path, originals, reconstructions, image_shape, cols=8):
+    """Rows alternate: a row of data, then a row of their reconstructions."""
+    rows = len(originals) // cols
+    n = rows * cols
+    pairs = torch.stack([originals[:n].reshape(rows, cols, -1), reconstructions[:n].reshape(rows, cols, -1)], dim=1)
+    image_grid(path, pairs.reshape(2 * n, -1), image_shape, cols)
 
 
-def write_run_figures(out, vae, ds, history):
-    """samples.png, reconstructions.png and loss.png for a finished run."""
-    images, nrow = sample_grid(vae)
-    image_grid(out / "samples.png", images, ds.image_shape, nrow)
-    cols = min(8, len(ds.test))
-    rows = min(4, len(ds.test) // cols)
-    x = ds.test.x[: rows * cols]
-    recon = vae.reconstruct(x, None if ds.test.y is None else ds.test.y[: rows * cols])
-    # rows alternate: a row of test images, then a row of their reconstructions
-    pairs = torch.stack([x.reshape(rows, cols, -1), recon.reshape(rows, cols, -1)], dim=1).reshape(2 * rows * cols, -1)
-    image_grid(out / "reconstructions.png", pairs, ds.image_shape, cols)
-    save_png(out / "loss.png", lambda f: elbo_curves(history, f))
-
-
-def elbo_curves(history, f):
+def elbo_curves(path, history):
     fig, ax = plt.subplots(figsize=(6, 4))
     epochs = [row["epoch"] for row in history]
     ax.plot(epochs, [row["train_elbo"] for row in history], "o-", label="train ELBO")
@@ -57,5 +50,22 @@ def elbo_curves(history, f):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(path, fig)
+
+
+def diagnostics_figure(path, khat, ess, num_samples, khat_trust):
+    """Histograms of the per-datum PSIS k-hat (with the ``khat_trust`` line) and ESS / K."""
+    fitted = khat[torch.isfinite(khat)]
+    fig, (ax_k, ax_e) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_k.hist(fitted.numpy(), bins=40, color="tab:blue")
+    ax_k.axvline(khat_trust, color="tab:red", linestyle="--", label=f"{khat_trust}: above, not to be trusted")
+    ax_k.set_xlabel("PSIS Pareto k-hat per datum")
+    ax_k.set_ylabel("test data")
+    unfitted = len(khat) - len(fitted)
+    ax_k.set_title(f"k-hat ({unfitted} data with too few tail samples to fit)" if unfitted else "k-hat")
+    ax_k.legend()
+    ax_e.hist((ess / num_samples).numpy(), bins=40, range=(0, 1), color="tab:green")
+    ax_e.set_xlabel(f"ESS / K  (K = {num_samples})")
+    ax_e.set_title("effective sample size of the importance weights")
+    fig.tight_layout()
+    save_figure(path, fig)

@@ -16,7 +16,11 @@ class Registry:
         self._classes = {}
 
     def register(self, name):
+        """Class decorator: ``cls`` is built for specs naming ``name``, and ``cls.name`` is set to
+        it, so messages name the class as the config does."""
+
         def decorator(cls):
+            cls.name = name
             self._classes[name] = cls
             return cls
 

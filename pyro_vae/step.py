@@ -5,7 +5,7 @@ dynamic, evaluates the configured objective on the VAE's Pyro model and guide, a
 gradient of the loss in each parameter's ``.grad`` for the caller's optimizer. It returns the
 loss as a 0-dim tensor on the device and never reads it back to the host.
 
-Eager, the step is Pyro's own ``objective.differentiable_loss`` under :class:`noise.ShardNoise`
+Eager, the step is Pyro's own ``objective.differentiable_loss`` under :class:`noise.StepNoise`
 and :class:`objectives.LatentScale`. Every call re-runs Pyro's effect handlers in Python, and
 Pyro's ``Trace_ELBO`` family reads every site's log-density back with ``.item()``.
 
@@ -13,9 +13,9 @@ Compiled, the model and guide are traced once per input shape into one graph of 
 operations: the gradient and value (``torch.func.grad_and_value``) of
 :func:`objectives.sync_free_loss` with the parameters swapped in by
 ``torch.func.functional_call``, the binarization uniforms, the guide's standard-normal noise and
-the KL weight as inputs, captured by ``make_fx`` on fake tensors and compiled by inductor (on
+the KL weight as inputs (:class:`noise.GivenNoise`), captured by ``make_fx`` on fake tensors and compiled by inductor (on
 CUDA replayed as a CUDA graph, ``mode="reduce-overhead"``). The random numbers are drawn outside
-the graph from the step's generator in the eager order (uniforms first, then each latent site's
+the graph from the step's :class:`noise.StepNoise` in the eager order (uniforms first, then each latent site's
 noise), so both paths see the same numbers and give the same loss and gradients up to float
 rounding. Tracing on fake tensors makes data-dependent Python control flow (``if x.sum() > 0``
 in a user's encoder) an error rather than one branch silently baked in; ``compile = "auto"``
@@ -56,8 +56,8 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.vae, self.objective = vae, objective
 
-    def forward(self, x, y, noise, kl_weight=1.0):
-        with noise, LatentScale(kl_weight) if kl_weight < 1 else contextlib.nullcontext():
+    def forward(self, x, y, step_noise, kl_weight=1.0):
+        with step_noise, LatentScale(kl_weight) if kl_weight < 1 else contextlib.nullcontext():
             return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
 
 
@@ -117,33 +117,33 @@ class Step:
         """Whether steps run compiled (until a model turns out not to trace, under ``auto``)."""
         return self.eager_reason is None
 
-    def __call__(self, x, y, generator, rows=slice(None), global_size=None, kl_weight=1.0):
-        """One step on this process's ``rows`` of a global batch of ``global_size`` (default: all
-        of ``x``): draws the batch's random numbers from ``generator``, sets each parameter's
-        ``.grad`` to the gradient of the global batch's loss, and returns that loss (0-dim)."""
-        global_size = len(x) if global_size is None else global_size
+    def __call__(self, x, y, step_noise, kl_weight=1.0):
+        """One step on this process's rows ``x`` (grey when binarization is dynamic), labels ``y``
+        (or ``None``) of the global batch that ``step_noise`` (a :class:`noise.StepNoise`) draws
+        the random numbers of: sets each parameter's ``.grad`` to the gradient of the global
+        batch's loss and returns that loss (0-dim, on the device)."""
         with pyro.validation_enabled(False), self.vae.parameters_registered(False):
-            uniforms = noise.binarization_uniforms(generator, global_size, rows, x) if self.dynamic else None
+            uniforms = step_noise.uniforms(x) if self.dynamic else None
             if self.compiled:
-                result = self._compiled_step(x, uniforms, y, generator, rows, global_size, kl_weight)
+                result = self._compiled_step(x, uniforms, y, step_noise, kl_weight)
                 if result is not None:
                     return result
-            return self._eager_step(x if uniforms is None else (uniforms < x).to(x.dtype), y, generator, rows, global_size, kl_weight)
+            return self._eager_step(x if uniforms is None else (uniforms < x).to(x.dtype), y, step_noise, kl_weight)
 
-    def _eager_step(self, x, y, generator, rows, global_size, kl_weight):
+    def _eager_step(self, x, y, step_noise, kl_weight):
         for p in self.vae.parameters():
             p.grad = None
-        loss = self.eager_loss(x, y, noise.ShardNoise(generator, global_size, rows), kl_weight)
+        loss = self.eager_loss(x, y, step_noise, kl_weight)
         # DDP averages the processes' gradients; each loss is a sum over a shard, so scale to the sum
         (loss * self.world.size).backward()
         return self._global(loss.detach())
 
-    def _compiled_step(self, x, uniforms, y, generator, rows, global_size, kl_weight):
+    def _compiled_step(self, x, uniforms, y, step_noise, kl_weight):
         """The compiled step, or ``None`` when ``auto`` has just fallen back to eager."""
-        key = (tuple(x.shape), x.dtype, None if y is None else tuple(y.shape), global_size)
+        key = (tuple(x.shape), x.dtype, None if y is None else tuple(y.shape), step_noise.global_size)
         try:
-            graph = self.graphs.get(key) or self._trace(key, x, uniforms, y, generator, rows, global_size)
-            eps = [noise.draw(generator, shape, data_dim, rows, x) for shape, data_dim in graph.draws]
+            graph = self.graphs.get(key) or self._trace(key, x, uniforms, y, step_noise)
+            eps = [step_noise.normal(shape, data_dim, x) for shape, data_dim in graph.draws]
             params, buffers = self._tensors()
             # a fill, not a copy from the host: no synchronization with the device
             inputs = (params, buffers, x, uniforms, y, torch.full((), kl_weight, dtype=x.dtype, device=x.device), eps)
@@ -184,14 +184,13 @@ class Step:
             (params if p.requires_grad else others)[name] = p.detach()
         return params, others
 
-    def _trace(self, key, x, uniforms, y, generator, rows, global_size):
+    def _trace(self, key, x, uniforms, y, step_noise):
         started = time.perf_counter()
-        # a forward pass with a throwaway generator finds the guide's noise sites and their shapes
-        throwaway = torch.Generator(device=x.device)
-        probe = noise.ShardNoise(throwaway, global_size, rows)
+        # a forward pass with throwaway noise finds the guide's noise sites and their shapes
+        probe = noise.StepNoise(0, 0, step_noise.global_size, step_noise.rows, x.device)
         with torch.no_grad():
             LossModule(self.vae, self.objective)(x if uniforms is None else (uniforms < x).to(x.dtype), y, probe)
-        eps = [noise.draw(throwaway, shape, data_dim, rows, x) for shape, data_dim in probe.draws]
+        eps = [probe.normal(shape, data_dim, x) for shape, data_dim in probe.draws]
         params, buffers = self._tensors()
         kl_weight = torch.ones((), dtype=x.dtype, device=x.device)
 

@@ -20,7 +20,7 @@ import torch
 from pyro_vae import cli, config
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.priors import PRIORS
-from pyro_vae.train import train_run
+from pyro_vae.run import train_run
 
 
 class Workspace:
@@ -109,6 +109,16 @@ def evaluate_other_data(ws):
     return ["evaluate", str(run), "--num-samples", "2"]
 
 
+def changed_data(ws, command):
+    """The run's data file rewritten with other pixels of the same shape, then ``command`` on the run."""
+    run, data, overrides = ws.array_run(features=16)
+    np.save(data, 1 - np.load(data))
+    if command == "evaluate":
+        return ["evaluate", str(run), "--num-samples", "2"]
+    # the same config but for the data's location, which the run supplies
+    return ["train", "--out", str(run), "--resume", *sets(*(o for o in overrides if not o.startswith("data.path")))]
+
+
 def mnist_missing(ws):
     """data.dir names an empty folder: fail at once (no download attempt, no folders made in it)."""
     (ws.tmp / "empty").mkdir()
@@ -159,6 +169,10 @@ ROWS = [
         ("was trained on data of 16 features per datum", "now have 25", "resume with the data it was trained on")),
     Row("evaluate on data of another width", evaluate_other_data,
         ("the data have 25 features per datum but the model expects 16", "use the data the run was trained on")),
+    Row("evaluate on data that changed", lambda ws: changed_data(ws, "evaluate"),
+        ("are not the data", "was trained on (their fingerprint differs)", "restore the original files")),
+    Row("resume on data that changed", lambda ws: changed_data(ws, "resume"),
+        ("are not the data", "was trained on (their fingerprint differs)", "restore the original files")),
     Row("NaN in the data", lambda ws: train_on(ws, ws.array("nan.npy", x=np.where(np.eye(10, 4) > 0, np.nan, 0.0))),
         ("'x' contains NaN or inf values", "clean or drop those rows")),
     Row("inf in the test data", lambda ws: train_on(ws, ws.array("inf.npz", x=GREY, x_test=np.full((5, 4), np.inf))),

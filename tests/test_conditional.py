@@ -7,11 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pyro_vae import VAE, checkpoint, train
+from pyro_vae import VAE, data
 from pyro_vae.cli import main
 from pyro_vae.errors import UserError
 from pyro_vae.marginal import estimate_log_px
 from pyro_vae.objectives import make_objective
+from pyro_vae.run import load_run
 
 
 def small_cvae(**kwargs):
@@ -131,7 +132,7 @@ def test_same_style_shares_one_z_per_column(trained_cvae_run, tmp_path):
     images, labels = generate(trained_cvae_run, tmp_path, "same.npz", "--digit", "all", "--same-style", "--n", str(n), "--seed", str(seed))
     assert labels.tolist() == [d for d in range(10) for _ in range(n)]
     grid = torch.from_numpy(images).reshape(10, n, 784)
-    _, vae, _ = checkpoint.load_run(trained_cvae_run)
+    _, vae, _ = load_run(trained_cvae_run)
     pyro.set_rng_seed(seed)
     z = vae.prior(vae.encoder).sample((n,))
     for j in range(n):
@@ -142,7 +143,7 @@ def test_same_style_shares_one_z_per_column(trained_cvae_run, tmp_path):
 
 
 def test_python_sample_takes_an_int_or_a_label_per_image(trained_cvae_run):
-    _, vae, _ = checkpoint.load_run(trained_cvae_run)
+    _, vae, _ = load_run(trained_cvae_run)
     z = torch.randn(3, vae.latent_dim)
     assert torch.equal(vae.sample(3, y=7, z=z), vae.sample(3, y=torch.tensor([7, 7, 7]), z=z))
     assert vae.sample(3, y=torch.tensor([1, 2, 3])).shape == (3, 784)
@@ -156,8 +157,8 @@ def test_a_conditional_runs_samples_png_is_the_all_digits_grid(trained_cvae_run)
 
 
 def test_log_p_x_given_the_true_label_beats_a_wrong_label(trained_cvae_run):
-    cfg, vae, _ = checkpoint.load_run(trained_cvae_run)
-    test = train.load_dataset(cfg).test.head(200)
+    cfg, vae, _ = load_run(trained_cvae_run)
+    test = data.load_dataset(cfg).test.head(200)
     wrong = (test.y + torch.randint(1, 10, test.y.shape)) % 10  # each image gets some other label
     # K = 20 is plenty for a comparison: both labels get the same estimator (the 2-epoch fixture
     # prefers the true label by about 0.6 nats per image, some 8 standard errors)

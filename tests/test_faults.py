@@ -8,53 +8,34 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import small_config
-from pyro_vae import checkpoint, cli
+from helpers import KILL_AT, cli_command, small_config
+from pyro_vae import cli, files
 from pyro_vae.likelihoods import LIKELIHOODS, Bernoulli
-from pyro_vae.train import train_run
+from pyro_vae.run import load_checkpoint, load_run, train_run
 
 
 def weights(run):
-    return checkpoint.load(run / "checkpoint.pt")["model"]
-
-
-def next_checkpoint(path, proc, timeout=600):
-    """Wait until ``path`` is (re)written, that is, an epoch ends; return the time it happened."""
-    previous = path.stat().st_ino if path.exists() else None
-    deadline = time.monotonic() + timeout
-    while not path.exists() or path.stat().st_ino == previous:  # each save renames a new file into place
-        assert proc.poll() is None, f"training exited with status {proc.returncode} before the next checkpoint"
-        assert time.monotonic() < deadline, f"no new {path.name} after {timeout}s"
-        time.sleep(0.002)
-    return time.monotonic()
+    return load_checkpoint(run / "checkpoint.pt")["model"]
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted_run(tmp_path, data_dir):
-    cfg = small_config(data_dir, "train.epochs=4")
+    cfg = small_config(data_dir, "train.epochs=4", "model.likelihood=kill_at")
     config_file = tmp_path / "config.toml"
     config_file.write_text(cfg.to_toml())
     killed = tmp_path / "killed"
-    command = [sys.executable, "-m", "pyro_vae", "train", "--config", str(config_file), "--out", str(killed), "--no-progress"]
+    command = cli_command("train", "--config", str(config_file), "--out", str(killed), "--no-progress")
+    steps = math.ceil(cfg.data.limit / cfg.train.batch_size)
 
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        first = next_checkpoint(killed / "checkpoint.pt", proc)
-        second = next_checkpoint(killed / "checkpoint.pt", proc)
-        time.sleep((second - first) / 2)  # half an epoch: the middle of epoch 3
-        assert proc.poll() is None, "training finished before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # the middle of epoch 3: two checkpoints written, the third not yet
+    proc = subprocess.run(command, capture_output=True, env={**os.environ, KILL_AT: str(2 * steps + steps // 2)}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
 
-    _, _, payload = checkpoint.load_run(killed)  # the last complete checkpoint reads back
-    assert 2 <= payload["state"]["epoch"] < cfg.train.epochs  # killed inside an epoch, before the last ended
+    _, _, payload = load_run(killed)  # the last complete checkpoint reads back
+    assert payload["state"]["epoch"] == 2 and payload["state"]["step"] == 2 * steps
 
     resumed = subprocess.run(command + ["--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -115,7 +96,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(nan_at,
     assert [str(w.message) for w in recwarn] == []  # run as a command, a warning would be more lines on stderr
     assert f"the loss became nan at step {bad_step} (epoch 2)" in err
     assert "last good checkpoint is kept" in err and "lower train.lr" in err and "likelihood scale" in err
-    _, vae, payload = checkpoint.load_run(run)
+    _, vae, payload = load_run(run)
     assert payload["state"]["epoch"] == 1 and payload["state"]["step"] == epoch_steps
     assert all(torch.isfinite(p).all() for p in vae.parameters())
     assert (run / "metrics.csv").read_text().count("\n") == 2  # header and epoch 1
@@ -130,7 +111,7 @@ def test_nan_policy_skip_skips_and_counts_the_bad_batches(nan_at, data_dir, tmp_
     assert state.skipped == len(bad_calls)
     assert state.epoch == cfg.train.epochs
     assert state.step == cfg.train.epochs * steps_per_epoch(cfg) - len(bad_calls)
-    assert checkpoint.load(tmp_path / "run" / "checkpoint.pt")["state"]["skipped"] == len(bad_calls)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["state"]["skipped"] == len(bad_calls)
     assert all(torch.isfinite(p).all() for p in vae.parameters())
     assert all(math.isfinite(row["train_elbo"]) for row in state.history)
 
@@ -151,7 +132,7 @@ def test_checkpoint_carrying_a_pickled_object_is_refused_and_its_code_never_runs
     shutil.copytree(trained_run, run)
     ckpt = run / "checkpoint.pt"
     marker = tmp_path / "code_ran"
-    payload = checkpoint.load(ckpt)
+    payload = load_checkpoint(ckpt)
     payload["note"] = OpensAFile(marker)
     torch.save(payload, ckpt)
     argv = {
@@ -174,7 +155,7 @@ def test_checkpoint_carrying_a_pickled_object_is_refused_and_its_code_never_runs
 @pytest.mark.parametrize("failing", ["fsync", "replace"])
 def test_failed_checkpoint_write_keeps_the_previous_file_and_no_temporary(failing, tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save(path, {"w": torch.zeros(3)})
+    files.save_tensors(path, {"w": torch.zeros(3)})
     before = path.read_bytes()
 
     def disk_full(*args):
@@ -183,7 +164,7 @@ def test_failed_checkpoint_write_keeps_the_previous_file_and_no_temporary(failin
     with monkeypatch.context() as patch:
         patch.setattr(os, failing, disk_full)
         with pytest.raises(OSError, match="No space left"):
-            checkpoint.save(path, {"w": torch.ones(3)})
+            files.save_tensors(path, {"w": torch.ones(3)})
 
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
@@ -191,7 +172,7 @@ def test_failed_checkpoint_write_keeps_the_previous_file_and_no_temporary(failin
 
 
 def test_run_files_follow_the_umask(tmp_path):
-    from pyro_vae.checkpoint import atomic_write_text
+    from pyro_vae.files import atomic_write_text
 
     old = os.umask(0o022)
     try:
@@ -204,14 +185,11 @@ def test_run_files_follow_the_umask(tmp_path):
 def test_a_full_disk_is_one_line_not_a_traceback(trained_run, tmp_path, monkeypatch, capsys):
     import errno
 
-    from pyro_vae import checkpoint
-    from pyro_vae.cli import main
-
     def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "g.png"))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full)
-    monkeypatch.setattr("pyro_vae.plots.atomic_write_bytes", full)
-    assert main(["generate", str(trained_run), "--out", str(tmp_path / "g.png")]) == 1
+    monkeypatch.setattr(os, "fsync", full)  # every file the package writes is fsynced before it is renamed into place
+    assert cli.main(["generate", str(trained_run), "--out", str(tmp_path / "g.png")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "No space left on device" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from conftest import small_config
-from pyro_vae import checkpoint
-from pyro_vae.train import train_run
+from helpers import small_config
+
+from pyro_vae.run import load_run, train_run
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")]
 
@@ -22,5 +22,5 @@ def test_training_on_cuda_matches_the_cpu_run_closely(data_dir, tmp_path):
 
 def test_a_cuda_checkpoint_loads_on_cpu(data_dir, tmp_path):
     train_run(small_config(data_dir, "train.device=cuda", "train.epochs=1"), tmp_path / "run", progress=False)
-    _, vae, _ = checkpoint.load_run(tmp_path / "run", device="cpu")
+    _, vae, _ = load_run(tmp_path / "run", device="cpu")
     assert all(p.device.type == "cpu" for p in vae.parameters())

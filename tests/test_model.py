@@ -1,5 +1,7 @@
 """The VAE as a Pyro program: sites, plates, inference algorithms, parameter isolation."""
 
+import re
+
 import pyro
 import pyro.distributions as dist
 import pytest
@@ -7,7 +9,8 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, Predictive, RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae import LIKELIHOODS, PRIORS, VAE, UserError, register_prior
+from pyro_vae import LIKELIHOODS, PRIORS, VAE, UserError, register_likelihood, register_prior
+from pyro_vae.likelihoods import Likelihood
 from pyro_vae.objectives import IWAE_ELBO, make_objective
 
 SMALL = {"type": "mlp", "hidden": [32], "activation": "tanh"}
@@ -197,6 +200,22 @@ def test_a_registered_prior_is_used_by_name_without_touching_the_model():
     assert torch.allclose(trace.nodes["z"]["fn"].base_dist.scale, torch.tensor(5.0))
 
 
+@pytest.mark.parametrize("support, data, words", [("binary", 0.5, "needs binary pixels"), ("unit", 2.0, "needs pixels in [0, 1]")])
+def test_a_likelihood_registered_through_the_public_decorator_checks_its_support_by_name(support, data, words):
+    @register_likelihood(f"{support}_for_test")
+    class Mine(Likelihood):
+        def __init__(self, input_dim):
+            super().__init__()
+
+        def forward(self, out):
+            return dist.Bernoulli(logits=out).to_event(1)
+
+    Mine.support = support
+    vae = small_vae(likelihood=f"{support}_for_test")
+    with pytest.raises(UserError, match=rf"likelihood '{support}_for_test' {re.escape(words)}"):
+        vae.likelihood.check(torch.full((2, 20), data))
+
+
 @pytest.mark.parametrize(
     "kwargs, words",
     [
@@ -293,16 +312,16 @@ def test_vamp_prior_works_with_a_single_argument_encoder():
 
 @pytest.mark.parametrize("prior", ["normal", "vamp"])
 def test_latent_scale_weights_the_kl_term_linearly(prior):
-    from pyro_vae.noise import ShardNoise, step_generator
+    from pyro_vae.noise import StepNoise
     from pyro_vae.objectives import LatentScale
 
     vae, x = small_vae(prior={"type": prior, "components": 3} if prior == "vamp" else prior), binary_data(8)
 
     def loss(beta):
-        with ShardNoise(step_generator(0, 7, "cpu"), 8, slice(0, 8)), LatentScale(beta):
+        with StepNoise(0, 7, 8, slice(0, 8), "cpu"), LatentScale(beta):
             return Trace_ELBO().differentiable_loss(vae.model, vae.guide, x).item()
 
-    with ShardNoise(step_generator(0, 7, "cpu"), 8, slice(0, 8)):
+    with StepNoise(0, 7, 8, slice(0, 8), "cpu"):
         guide = poutine.trace(vae.guide).get_trace(x)
     model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x)
     reconstruction = model.nodes["x"]["fn"].log_prob(x).sum().item()

@@ -5,11 +5,13 @@ shape; runs compiled resume exactly; models that cannot be traced run eager with
 import pytest
 import torch
 
-from conftest import small_config
-from pyro_vae import VAE, UserError, checkpoint, config, noise
+from helpers import small_config
+from pyro_vae import VAE, UserError, config, noise
+from pyro_vae.data import load_dataset
 from pyro_vae.objectives import make_objective
+from pyro_vae.run import build_vae, train_run
 from pyro_vae.step import Step
-from pyro_vae.train import EpochLosses, fit, load_dataset, train_run
+from pyro_vae.train import EpochLosses, fit
 
 PRIORS = ["normal", "learned_normal", {"type": "mixture", "components": 3}, {"type": "vamp", "components": 4}]
 LIKELIHOODS = ["bernoulli", "continuous_bernoulli", {"type": "gaussian", "scale": 0.5}, "gaussian", "laplace"]
@@ -20,10 +22,14 @@ def tiny_vae(prior="normal", likelihood="bernoulli", num_classes=None, encoder=N
     return VAE(12, 3, prior=prior, likelihood=likelihood, encoder=encoder or {"hidden": [8]}, decoder={"hidden": [8]}, num_classes=num_classes)
 
 
+def step_noise(x, step):
+    return noise.StepNoise(0, step, len(x), slice(None), x.device)
+
+
 def loss_and_grads(vae, objective, particles, compile, x, y=None, kl_weight=1.0, backend=None, dynamic=True, batch=0):
     """One step on ``x`` through a fresh Step; the loss and a copy of every gradient."""
     step = Step(vae, make_objective(objective, particles), dynamic_binarization=dynamic, compile=compile, backend=backend)
-    loss = step(x, y, noise.step_generator(0, batch, x.device), kl_weight=kl_weight)
+    loss = step(x, y, step_noise(x, batch), kl_weight=kl_weight)
     return loss, {name: p.grad.clone() for name, p in vae.named_parameters()}, step
 
 
@@ -62,14 +68,14 @@ def test_the_inductor_compiled_step_equals_pyros_objective():
     assert_same_step(vae, "iwae", 3, torch.rand(10, 12), kl_weight=0.25, backend="inductor", dynamic=False)
 
 
-def test_compiled_and_eager_draw_the_same_numbers_from_the_step_generator():
-    # the next step's generator state is the same after either path: uniforms, then each site's noise
+def test_compiled_and_eager_draw_the_same_numbers_from_the_step_noise():
+    # the generator's state is the same after either path: uniforms, then each site's noise
     vae, x = tiny_vae(), torch.rand(10, 12)
     for compile in ("off", "on"):
         step = Step(vae, make_objective("iwae", 3), dynamic_binarization=True, compile=compile, backend=None)
-        generator = noise.step_generator(0, 5, "cpu")
-        step(x, None, generator)
-        after = generator.get_state()
+        drawn = step_noise(x, 5)
+        step(x, None, drawn)
+        after = drawn.generator.get_state()
         if compile == "on":
             assert torch.equal(after, eager_after)
         eager_after = after
@@ -80,7 +86,7 @@ def test_one_graph_per_shape_so_a_short_final_batch_compiles_once():
     step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="on", backend=None)
     for epoch in range(3):
         for batch in (x, x[:7]):
-            step(batch, None, noise.step_generator(0, epoch, "cpu"))
+            step(batch, None, step_noise(batch, epoch))
     assert step.compilations == 2 and step.compiled
 
 
@@ -101,7 +107,7 @@ class BranchesOnValues(torch.nn.Module):
 def test_an_untraceable_guide_runs_eager_under_auto_with_one_line(capsys):
     vae, x = tiny_vae(encoder=BranchesOnValues()), torch.rand(10, 12)
     step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", backend=None)
-    losses = [step(x, None, noise.step_generator(0, i, "cpu")) for i in range(3)]
+    losses = [step(x, None, step_noise(x, i)) for i in range(3)]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training eager" in err
     assert "test_step.py" in err and "if h.sum() > 0" in err  # names the line that branches
@@ -166,7 +172,7 @@ def test_a_compiled_run_compiles_once_per_shape_resumes_exactly_and_tracks_eager
 def test_a_compiled_run_stops_at_the_first_non_finite_loss(data_dir):
     cfg = small_config(data_dir, *COMPILED)
     ds = load_dataset(cfg)
-    vae = checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes)
+    vae = build_vae(cfg, ds.input_dim, ds.num_classes)
 
     def poison(state, optimizer):  # the first step of epoch 2 meets a NaN output bias
         with torch.no_grad():

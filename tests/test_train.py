@@ -1,6 +1,8 @@
 """Training end to end: run folder contents, metrics, checkpoints, data modes, generation."""
 
 import csv
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -8,11 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import small_config
-from pyro_vae import checkpoint, data
+from helpers import small_config
+from pyro_vae import data
 from pyro_vae import config as config_lib
 from pyro_vae.cli import main
-from pyro_vae.train import elbo_per_datum, load_dataset, train_run
+from pyro_vae.data import load_dataset
+from pyro_vae.run import build_vae, load_run, train_run
+from pyro_vae.train import elbo_per_datum
 
 
 def read_metrics(run):
@@ -32,25 +36,51 @@ def test_a_run_folder_has_every_file_and_a_row_per_epoch(trained_run):
 
 
 def test_training_beats_the_untrained_model(trained_run):
-    cfg, vae, _ = checkpoint.load_run(trained_run)
+    cfg, vae, _ = load_run(trained_run)
     ds = load_dataset(cfg)
     trained = elbo_per_datum(vae, ds.test, 500)
-    untrained = elbo_per_datum(checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
+    untrained = elbo_per_datum(build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
     assert trained > untrained + 50
     assert trained == pytest.approx(float(read_metrics(trained_run)[-1]["test_elbo"]), abs=1e-3)
 
 
-def test_config_toml_is_fully_resolved(trained_run):
+def test_config_toml_is_fully_resolved_and_names_the_data(trained_run, data_dir):
     cfg = config_lib.load(trained_run / "config.toml")
-    text = (trained_run / "config.toml").read_text()
-    assert cfg.model.latent_dim == 8 and "max_steps" in text and "binarize" in text and "objective" in text
+    assert cfg == load_run(trained_run)[0]
+    assert cfg.model.latent_dim == 8 and cfg.data.limit == 2000
+    assert cfg.data.dir == str(Path(data_dir).resolve())  # absolute: any shell finds the same data
+
+
+def test_a_run_finds_its_data_from_a_shell_that_points_elsewhere(trained_run, tmp_path, monkeypatch, capsys):
+    shutil.copytree(trained_run, tmp_path / "run")
+    monkeypatch.setenv("PYRO_VAE_DATA", str(tmp_path / "nowhere"))
+    assert main(["evaluate", str(tmp_path / "run"), "--num-samples", "2", "--limit", "5"]) == 0
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--no-progress", "--config", str(trained_run / "config.toml"),
+                 "--set", 'data.dir=""', "--set", "train.epochs=3"]) == 0  # no location given: the run's own
+    assert [int(row["epoch"]) for row in read_metrics(tmp_path / "run")] == [1, 2, 3]
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_progress_in_a_log_is_one_line_per_epoch_and_no_bar(data_dir, tmp_path, capsys):
+    argv = ["train", "--out", str(tmp_path / "run"), "--set", f'data.dir="{data_dir}"', "--set", "data.limit=300",
+            "--set", "data.test_limit=100", "--set", "train.epochs=2", "--set", "train.device=cpu"]
+    assert main(argv) == 0  # capsys's streams are not terminals, as a redirected log is not
+    out, err = capsys.readouterr()
+    assert "\r" not in out + err and "it/s" not in err
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch")] == ["epoch 1", "epoch 2"]
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("pyro-vae 0.")
 
 
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_same_model(trained_run):
     payload = torch.load(trained_run / "checkpoint.pt", weights_only=True)
     assert isinstance(payload["config"], str) and payload["state"]["epoch"] == 2
     pyro.clear_param_store()  # loading must not depend on Pyro's global param store
-    _, vae, _ = checkpoint.load_run(trained_run)
+    _, vae, _ = load_run(trained_run)
     for name, tensor in vae.state_dict().items():
         assert torch.equal(tensor, payload["model"][name])
 
@@ -83,7 +113,7 @@ def test_objectives_train_from_the_config(data_dir, tmp_path, objective, particl
     cfg = small_config(data_dir, f"train.objective={objective}", f"train.num_particles={particles}", "train.epochs=1")
     vae, _ = train_run(cfg, tmp_path / "run", progress=False)
     ds = load_dataset(cfg)
-    untrained = elbo_per_datum(checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
+    untrained = elbo_per_datum(build_vae(cfg, ds.input_dim, ds.num_classes), ds.test, 500)
     assert float(read_metrics(tmp_path / "run")[0]["test_elbo"]) > untrained + 50
 
 
@@ -111,7 +141,7 @@ def test_user_arrays_train_through_the_cli(tmp_path):
             "--set", "data.binarize=none", "--set", "model.latent_dim=2", "--set", "model.conditional=true",
             "--set", "train.epochs=1", "--set", "train.batch_size=50", "--set", "train.compile=off"]
     assert main(argv) == 0
-    _, vae, payload = checkpoint.load_run(tmp_path / "run")
+    _, vae, payload = load_run(tmp_path / "run")
     assert (vae.input_dim, vae.num_classes, tuple(payload["image_shape"])) == (36, 3, (6, 6))
     assert len(read_metrics(tmp_path / "run")) == 1
 
