@@ -48,10 +48,12 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all 60,000)")
     args = parser.parse_args()
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     train_x, test_x = load(args.data, device)
+    train_x = train_x[: args.limit or None]
     test_x = torch.bernoulli(test_x)  # the test set is binarized once
     encoder, decoder = mlp([784, 200, 200, 100]).to(device), mlp([50, 200, 200, 784]).to(device)
     with torch.no_grad():

@@ -1,129 +1,114 @@
-"""One SVI training step of the IWAE-paper VAE (784-200-200-50 tanh, Bernoulli) at batch 100,
-against the same step written in plain PyTorch, measured side by side in one run.
+"""Training speed as users feel it: whole `pyro-vae train` processes, compiled and eager, against
+a plain-PyTorch training process (benchmarks/plain_train.py), on the IWAE-paper VAE
+(784-200-200-50 tanh, Bernoulli, dynamic binarization, Adam 1e-3, the shipped defaults).
 
-Each variant runs an epoch loop over the same device-resident data (shuffle, slice the batch,
-binarize it, step), so the package is measured through its real trainer:
-  plain PyTorch     hand-written reparameterized single-sample ELBO, torch.optim.Adam
-  pyro_vae          pyro_vae.train.fit: Trace_ELBO.differentiable_loss on vae.model / vae.guide,
-                    one torch optimizer over the module's parameters, Pyro validation and
-                    per-step pyro.module registration off, step-seeded noise (pyro_vae.noise)
-  SVI (reference)   pyro.infer.SVI + pyro.optim.Adam + Trace_ELBO with validation on: what a
-                    Pyro user writes first
+Every variant runs as its own process for N epochs, the variants alternating so that load from
+other processes hits all of them alike; the table shows the median over the repeats of the
+whole process's wall time and of its last epoch's time (each epoch includes the test-set ELBO,
+for both), each with its ratio to plain PyTorch. The compiled step's compile time is reported
+on its own line, from the trainer's log: once with an empty inductor cache (a first run on a
+machine; that process is a warm-up and is not in the medians), and the median with the cache
+that run left (every later run). With --batch-sizes it then prints the last-epoch time and
+throughput per batch size, one process per variant and size.
 
-The variants run in interleaved rounds so that load from other processes hits all of them alike;
-the table shows the best (minimum) time per step over rounds, the least disturbed by other load
-(as timeit does), and the ratio to plain PyTorch. Target: pyro_vae <= 1.15x on CPU. With
---batch-sizes it also prints how step time and throughput grow with the batch size.
-
-    python benchmarks/train_step.py [--device cpu|cuda] [--rounds 20] [--steps 100] [--batch-sizes 100,1000,10000]
+    python benchmarks/train_step.py [--epochs 2] [--repeats 3] [--device cpu|cuda] [--batch-sizes 100,1000,10000] [--limit N]
 """
 
 import argparse
+import csv
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-import pyro
 import torch
-from plain import IWAE_PAPER_NET, plain_step
-from pyro.infer import SVI, Trace_ELBO
 
-from pyro_vae import VAE
-from pyro_vae import config as config_lib
-from pyro_vae.data import Dataset, Split
-from pyro_vae.train import TrainState, fit
+HERE = Path(__file__).resolve().parent
+COMPILED_LINE = re.compile(r"compiled the training step for batches of shape .* in ([0-9.]+) s")
+PLAIN_EPOCH_LINE = re.compile(r"epoch \d+: .*, ([0-9.]+) s$", re.MULTILINE)
 
 
-def iwae_paper_vae(device):
-    return VAE(784, 50, encoder=IWAE_PAPER_NET, decoder=IWAE_PAPER_NET).to(device)
+def run(command, env):
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if result.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return seconds, result
 
 
-def epoch_loop(step, x, batch_size):
-    def run():
-        order = torch.randperm(len(x), device=x.device)
-        for start in range(0, len(x), batch_size):
-            step(torch.bernoulli(x[order[start : start + batch_size]]))
-
-    return run
+def plain(args, batch_size, env):
+    command = [sys.executable, str(HERE / "plain_train.py"), "--data", args.data, "--epochs", str(args.epochs),
+               "--batch-size", str(batch_size), "--device", args.device, "--limit", str(args.limit)]
+    seconds, result = run(command, env)
+    return {"process": seconds, "epoch": float(PLAIN_EPOCH_LINE.findall(result.stdout)[-1]), "compile": 0.0}
 
 
-def package_run(x, batch_size, device):
-    """Each call trains one more epoch through the package's trainer (whose end-of-epoch test
-    ELBO here scores a single batch, a forward pass: under 1% of the epoch's time)."""
-    vae = iwae_paper_vae(device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
-    ds = Dataset(Split(x, None), Split(torch.bernoulli(x[:batch_size]), None), (28, 28), None)
-    state = TrainState()
-
-    def run():
-        overrides = [f"train.batch_size={batch_size}", f"train.epochs={state.epoch + 1}", f"train.eval_batch_size={batch_size}"]
-        fit(vae, ds, config_lib.load(None, overrides), optimizer=optimizer, state=state, progress=False)
-
-    return run
+def package(args, batch_size, compile, env):
+    with tempfile.TemporaryDirectory() as out:
+        settings = [f'data.dir="{args.data}"', f"train.epochs={args.epochs}", f"train.batch_size={batch_size}",
+                    f"train.device={args.device}", f"train.compile={compile}", f"data.limit={args.limit}"]
+        command = [sys.executable, "-m", "pyro_vae", "train", "--out", out, "--no-progress"]
+        for item in settings:
+            command += ["--set", item]
+        seconds, result = run(command, env)
+        with open(Path(out) / "metrics.csv") as f:
+            epoch = float(list(csv.DictReader(f))[-1]["seconds"])
+    return {"process": seconds, "epoch": epoch, "compile": sum(float(s) for s in COMPILED_LINE.findall(result.stderr))}
 
 
-def svi_run(x, batch_size, device):
-    vae = iwae_paper_vae(device)
-    svi = SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-3}), Trace_ELBO())
-
-    def step(batch):
-        with pyro.validation_enabled(True):
-            svi.step(batch)
-
-    return epoch_loop(step, x, batch_size)
-
-
-def timed(run, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def compare(x, batch_size, rounds, device, with_svi=True):
-    vae = iwae_paper_vae(device)
-    variants = {
-        "plain PyTorch": epoch_loop(plain_step(vae.encoder, vae.decoder, torch.optim.Adam(vae.parameters(), lr=1e-3)), x, batch_size),
-        "pyro_vae": package_run(x, batch_size, device),
+def variants(args, batch_size, env):
+    return {
+        "plain PyTorch": lambda: plain(args, batch_size, env),
+        "pyro-vae compile=on": lambda: package(args, batch_size, "on", env),
+        "pyro-vae compile=off": lambda: package(args, batch_size, "off", env),
     }
-    if with_svi:
-        variants["SVI (reference)"] = svi_run(x, batch_size, device)
-    for run in variants.values():  # warm-up: allocator, Adam state, Pyro's first trace
-        run()
-    times = dict.fromkeys(variants, float("inf"))
-    for _ in range(rounds):
-        for name, run in variants.items():
-            times[name] = min(times[name], timed(run, device))
-    steps = -(-len(x) // batch_size)
-    return {name: t / steps for name, t in times.items()}
+
+
+def medians(runs, repeats):
+    times = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, once in runs.items():
+            times[name].append(once())
+    return {name: {key: statistics.median(t[key] for t in ts) for key in ts[0]} for name, ts in times.items()}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=100, help="steps per round (an epoch of steps x batch images)")
-    parser.add_argument("--batch-sizes", default="", help="comma-separated batch sizes for the scaling table")
+    parser.add_argument("--data", default=os.environ.get("PYRO_VAE_DATA", str(HERE.parents[1] / "shared" / "data")))
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per process (the last one is the per-epoch figure)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating runs of each variant (median)")
+    parser.add_argument("--limit", type=int, default=0, help="train on the first N images only (0: all 60,000), for a quick look")
+    parser.add_argument("--batch-sizes", default="", help="comma-separated batch sizes for the scaling table, e.g. 100,1000,10000")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    x = torch.rand(args.steps * 100, 784, device=device) * 0.3
-    per_step = compare(x, 100, args.rounds, device)
-    base = per_step["plain PyTorch"]
-    print(f"one training step, IWAE-paper VAE, batch 100, {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; best of {args.rounds} rounds x {args.steps} steps")
-    print(f"{'variant':<18}{'ms/step':>10}{'x plain':>10}")
-    for name, seconds in per_step.items():
-        print(f"{name:<18}{seconds * 1e3:>10.3f}{seconds / base:>10.2f}")
-    if args.batch_sizes:
-        print(f"\n{'batch':>8}{'plain ms/step':>16}{'pyro_vae ms/step':>18}{'x plain':>9}{'pyro_vae images/s':>19}")
-        for batch_size in (int(b) for b in args.batch_sizes.split(",")):
-            steps = max(5, min(args.steps, 100_000 // batch_size))  # per-epoch costs stay small against the steps
-            x = torch.rand(steps * batch_size, 784, device=device) * 0.3
-            t = compare(x, batch_size, max(2, args.rounds // 3), device, with_svi=False)
-            print(f"{batch_size:>8}{t['plain PyTorch'] * 1e3:>16.3f}{t['pyro_vae'] * 1e3:>18.3f}"
-                  f"{t['pyro_vae'] / t['plain PyTorch']:>9.2f}{batch_size / t['pyro_vae']:>19.0f}")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
+
+    with tempfile.TemporaryDirectory() as cache:
+        env["TORCHINDUCTOR_CACHE_DIR"] = cache  # empty: the first compiled process compiles from scratch
+        cold = package(args, 100, "on", env)
+        plain(args, 100, env)  # the same warm-up (file cache, allocator) for the baseline
+        table = medians(variants(args, 100, env), args.repeats)
+
+        base = table["plain PyTorch"]
+        print(f"whole training processes, IWAE-paper VAE, batch 100, {args.epochs} epochs, {args.device}, torch {torch.__version__}, "
+              f"{os.cpu_count()} CPUs; median of {args.repeats} alternating runs")
+        print(f"{'variant':<22}{'process s':>11}{'x plain':>9}{'last epoch s':>14}{'x plain':>9}")
+        for name, t in table.items():
+            print(f"{name:<22}{t['process']:>11.2f}{t['process'] / base['process']:>9.2f}{t['epoch']:>14.2f}{t['epoch'] / base['epoch']:>9.2f}")
+        print(f"compile time: {cold['compile']:.1f} s with an empty inductor cache (first run), "
+              f"{table['pyro-vae compile=on']['compile']:.1f} s with the cache it left (median)")
+
+        if args.batch_sizes:
+            print(f"\n{'batch':>8}{'plain s/epoch':>15}{'compiled':>10}{'eager':>8}{'x plain c/e':>13}{'compiled images/s':>19}")
+            for batch_size in (int(b) for b in args.batch_sizes.split(",")):
+                t = medians(variants(args, batch_size, env), 1)
+                p, c, e = (t[name]["epoch"] for name in ("plain PyTorch", "pyro-vae compile=on", "pyro-vae compile=off"))
+                print(f"{batch_size:>8}{p:>15.2f}{c:>10.2f}{e:>8.2f}{c / p:>8.2f}/{e / p:.2f}{(args.limit or 60_000) / c:>19.0f}")
 
 
 if __name__ == "__main__":

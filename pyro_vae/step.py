@@ -147,6 +147,8 @@ class Step:
             params, buffers = self._tensors()
             # a fill, not a copy from the host: no synchronization with the device
             inputs = (params, buffers, x, uniforms, y, torch.full((), kl_weight, dtype=x.dtype, device=x.device), eps)
+            if x.device.type == "cuda":  # a new training iteration: the last replay's outputs are dead (copied below)
+                torch.compiler.cudagraph_mark_step_begin()
             grads, loss = graph.fn(*inputs) if graph.checked else self._first_call(graph, inputs)
         except NotTraceable as e:
             if self.compile == "on":

@@ -24,3 +24,33 @@ def test_a_cuda_checkpoint_loads_on_cpu(data_dir, tmp_path):
     train_run(small_config(data_dir, "train.device=cuda", "train.epochs=1"), tmp_path / "run", progress=False)
     _, vae, _ = load_run(tmp_path / "run", device="cpu")
     assert all(p.device.type == "cpu" for p in vae.parameters())
+
+
+def test_the_cuda_graph_step_equals_the_eager_cuda_step():
+    from pyro_vae import VAE, noise
+    from pyro_vae.objectives import make_objective
+    from pyro_vae.step import Step
+
+    vae = VAE(784, 8, encoder={"hidden": [64]}, decoder={"hidden": [64]}, num_classes=10).cuda()
+    x, y = torch.rand(100, 784, device="cuda"), torch.arange(100, device="cuda") % 10
+    steps = {mode: Step(vae, make_objective("elbo"), dynamic_binarization=True, compile=mode) for mode in ("off", "on")}
+    # replays after the graph is recorded must take each step's new noise and KL weight
+    for i in range(4):
+        results = {}
+        for mode, step in steps.items():
+            loss = step(x, y, noise.StepNoise(0, i, 100, slice(None), "cuda"), kl_weight=0.2 * (i + 1))
+            results[mode] = loss.item(), [p.grad.clone() for p in vae.parameters()]
+        assert steps["on"].compiled
+        assert results["on"][0] == pytest.approx(results["off"][0], rel=1e-4)
+        for compiled, eager in zip(results["on"][1], results["off"][1]):
+            assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
+    assert steps["on"].compilations == 1
+
+
+def test_a_compiled_cuda_run_resumes_exactly(data_dir, tmp_path):
+    overrides = ["train.device=cuda", "train.compile=on", "data.limit=500"]
+    straight, _ = train_run(small_config(data_dir, *overrides), tmp_path / "straight", progress=False)
+    train_run(small_config(data_dir, *overrides, "train.epochs=1"), tmp_path / "resumed", progress=False)
+    resumed, _ = train_run(small_config(data_dir, *overrides), tmp_path / "resumed", resume=True, progress=False)
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
