@@ -78,6 +78,7 @@ class _Graph:
 
     fn: object
     draws: list
+    cuda_graph: bool  # replayed as a CUDA graph, whose outputs the next replay overwrites
     seconds: float  # spent tracing and compiling; inductor compiles on the first call
     checked: bool = False  # whether a first call went through (it may still fail to compile)
 
@@ -108,6 +109,7 @@ class Step:
         self.log = log if world.is_main else (lambda message: None)
         self.eager_loss = distributed.wrap(LossModule(vae, objective), world)
         self.traced_loss = TracedLoss(vae, objective)
+        self.by_name = dict(self.traced_loss.named_parameters())
         self.graphs = {}
         self.eager_reason = "train.compile = off" if compile == "off" else None
         self.compilations, self.compile_seconds = 0, 0.0
@@ -147,7 +149,7 @@ class Step:
             params, buffers = self._tensors()
             # a fill, not a copy from the host: no synchronization with the device
             inputs = (params, buffers, x, uniforms, y, torch.full((), kl_weight, dtype=x.dtype, device=x.device), eps)
-            if x.device.type == "cuda":  # a new training iteration: the last replay's outputs are dead (copied below)
+            if graph.cuda_graph:  # a new training iteration: the last replay's outputs are dead (copied below)
                 torch.compiler.cudagraph_mark_step_begin()
             grads, loss = graph.fn(*inputs) if graph.checked else self._first_call(graph, inputs)
         except NotTraceable as e:
@@ -156,12 +158,12 @@ class Step:
             self.eager_reason = str(e)
             self.log(f"training eager, not compiled (train.compile = auto): {e}")
             return None
-        named = dict(self.traced_loss.named_parameters())
         targets = []
         for name, grad in grads.items():
-            p = named[name]
-            # a CUDA graph reuses its output buffers at the next replay: keep a copy
-            if p.grad is None:
+            p = self.by_name[name]
+            if not graph.cuda_graph:
+                p.grad = grad
+            elif p.grad is None:  # a CUDA graph reuses its output buffers at the next replay: keep copies
                 p.grad = grad.clone()
             else:
                 p.grad.copy_(grad)
@@ -171,7 +173,7 @@ class Step:
             torch.distributed.all_reduce(flat)
             for g, part in zip(targets, flat.split([g.numel() for g in targets])):
                 g.copy_(part.view_as(g))
-        return self._global(loss.clone())
+        return self._global(loss.clone() if graph.cuda_graph else loss)
 
     def _global(self, loss):
         if self.world.size > 1:
@@ -182,7 +184,7 @@ class Step:
         """The parameters to differentiate, and every other tensor of the module (frozen parameters
         too: tracing on fake tensors needs all of them as inputs)."""
         params, others = {}, dict(self.traced_loss.named_buffers())
-        for name, p in self.traced_loss.named_parameters():
+        for name, p in self.by_name.items():
             (params if p.requires_grad else others)[name] = p.detach()
         return params, others
 
@@ -203,11 +205,10 @@ class Step:
             traced = make_fx(torch.func.grad_and_value(loss), tracing_mode="fake")(params, buffers, x, uniforms, y, kl_weight, eps)
         except Exception as e:  # noqa: BLE001 - any failure to trace means "run eager" under auto
             raise NotTraceable(_why_not_traceable(e)) from e
-        fn = traced
+        fn, cuda_graph = traced, self.backend is not None and x.device.type == "cuda"
         if self.backend is not None:
-            mode = "reduce-overhead" if x.device.type == "cuda" else None
-            fn = torch.compile(traced, backend=self.backend, mode=mode, dynamic=False, fullgraph=True)
-        self.graphs[key] = graph = _Graph(fn, probe.draws, time.perf_counter() - started)
+            fn = torch.compile(traced, backend=self.backend, mode="reduce-overhead" if cuda_graph else None, dynamic=False, fullgraph=True)
+        self.graphs[key] = graph = _Graph(fn, probe.draws, cuda_graph, time.perf_counter() - started)
         self.compilations += 1
         return graph
 
