@@ -5,7 +5,10 @@ import torch
 
 from helpers import small_config
 
+from pyro_vae import VAE, noise
+from pyro_vae.objectives import make_objective
 from pyro_vae.run import load_run, train_run
+from pyro_vae.step import Step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")]
 
@@ -27,10 +30,6 @@ def test_a_cuda_checkpoint_loads_on_cpu(data_dir, tmp_path):
 
 
 def test_the_cuda_graph_step_equals_the_eager_cuda_step():
-    from pyro_vae import VAE, noise
-    from pyro_vae.objectives import make_objective
-    from pyro_vae.step import Step
-
     vae = VAE(784, 8, encoder={"hidden": [64]}, decoder={"hidden": [64]}, num_classes=10).cuda()
     x, y = torch.rand(100, 784, device="cuda"), torch.arange(100, device="cuda") % 10
     steps = {mode: Step(vae, make_objective("elbo"), dynamic_binarization=True, compile=mode) for mode in ("off", "on")}
