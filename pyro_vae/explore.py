@@ -278,11 +278,10 @@ def table(s, run_dir, out):
         f"{run_dir}: {s['n']} test images, latent_dim {s['latent_dim']}",
         f"active units: {s['active_units']} of {s['latent_dim']} (variance of the posterior mean across the data > {s['active_threshold']})",
         f"KL(q(z_j|x) || p(z_j)) per dimension, nats averaged over the test set ({how}); total {s['kl_total']:.2f}",
-        f"{'dim':>5} {'KL':>8} {'std. err.':>10} {'Var E[z|x]':>11}",
+        f"{'dim':>6} {'KL':>8} {'Var E[z|x]':>11}" + (f" {'std. err. of KL':>16}" if "kl_stderr" in s else ""),
     ]
-    stderr = s.get("kl_stderr", [None] * len(s["kl_per_dim"]))
     for j in sorted(range(s["latent_dim"]), key=lambda j: -s["kl_per_dim"][j]):
-        err = "" if stderr[j] is None else f"{stderr[j]:.3f}"
-        lines.append(f"{f'z[{j}]':>5} {s['kl_per_dim'][j]:8.3f} {err:>10} {s['posterior_mean_variance'][j]:11.3f}")
+        err = f" {s['kl_stderr'][j]:16.3f}" if "kl_stderr" in s else ""
+        lines.append(f"{f'z[{j}]':>6} {s['kl_per_dim'][j]:8.3f} {s['posterior_mean_variance'][j]:11.3f}{err}")
     lines.append(f"traversals.png shows {', '.join(f'z[{j}]' for j in s['dimensions_drawn'])} (0-based); figures in {out}: {', '.join(s['figures'])}")
     return "\n".join(lines)
