@@ -28,7 +28,7 @@ from torch.distributions import kl_divergence
 from . import data
 from .errors import UserError
 from .files import atomic_write_bytes
-from .run import check_same_data, class_row_labels, load_run
+from .run import check_same_data, load_run
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 KL_SAMPLES = 16  # z draws per datum for a Monte Carlo KL
@@ -198,7 +198,9 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
         active, variances = active_units(loc)
         kl, stderr, method = kl_per_dim(prior, loc, scale, seed=seed)
         drawn = kl.argsort(descending=True)[:MAX_TRAVERSED].tolist()
-        decode = lambda z, y: vae.sample(len(z), y=y, z=z)  # noqa: E731
+
+        def decode(z, y):
+            return vae.sample(len(z), y=y, z=z)
 
         figures = {}
         points, axes = project_2d(loc)
@@ -214,9 +216,10 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
             y = None if not conditional else test.y[a].expand(len(steps))
             rows.append(torch.cat([test.x[a : a + 1], decode(path, y), test.x[b : b + 1]]))
         what = "between two test images of the same label, decoded with that label" if conditional else "between pairs of test images"
-        figures["interpolations.png"] = lambda path: plots.image_grid(
-            path, torch.cat(rows), image_shape, len(steps) + 2, title=f"straight paths between posterior means, {what}",
-            col_labels=["image A"] + [f"t={t:.2f}" for t in steps.tolist()] + ["image B"])
+        if rows:  # a test set of one image (or no two of a label) has no pair to join
+            figures["interpolations.png"] = lambda path: plots.image_grid(
+                path, torch.cat(rows), image_shape, len(steps) + 2, title=f"straight paths between posterior means, {what}",
+                col_labels=["image A"] + [f"t={t:.2f}" for t in steps.tolist()] + ["image B"])
 
         levels = torch.linspace(0.05, 0.95, QUANTILE_LEVELS)
         values = prior_quantiles(prior, levels)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers import readable_png, small_config
-from pyro_vae import data
+from pyro_vae import config, data
 from pyro_vae.cli import main
 from pyro_vae.explore import active_units, kl_per_dim, monte_carlo_kl
 from pyro_vae.run import load_run, train_run
@@ -64,8 +64,6 @@ def test_data_without_labels_give_no_labels_key(tmp_path):
     np.save(pixels, (np.random.default_rng(0).random((40, 16)) > 0.5).astype(np.float32))
     overrides = [f'data.path="{pixels}"', "data.binarize=none", "model.latent_dim=2", "model.encoder.hidden=[8]",
                  "model.decoder.hidden=[8]", "train.batch_size=10", "train.epochs=1", "train.device=cpu"]
-    from pyro_vae import config
-
     train_run(config.load(None, overrides), tmp_path / "run", progress=False)
     assert sorted(encode(tmp_path / "run", tmp_path)) == ["loc", "scale"]
 
