@@ -148,9 +148,20 @@ class VAE(nn.Module):
         return torch.arange(self.num_classes, device=self.device).repeat_interleave(n)
 
     @torch.no_grad()
+    def encode(self, x, y=None):
+        """``(loc, scale)`` of q(z|x[, y]): the encoder's mean and standard deviation for each datum,
+        computed in eval mode (a network with dropout or batch norm gives its deterministic answer)."""
+        was_training = self.training
+        self.eval()
+        try:
+            return call_net(self.encoder, x, self.onehot(y))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
     def reconstruct(self, x, y=None):
         """E[x | z = mean of q(z|x)]: the reconstruction through the posterior mean."""
-        loc, _ = call_net(self.encoder, x, self.onehot(y))
+        loc, _ = self.encode(x, y)
         return self.likelihood.mean(call_net(self.decoder, loc, self.onehot(y)))
 
     @property

@@ -145,11 +145,17 @@ def write_run_figures(out, vae, ds, history):
 
     labels = vae.labels_per_class(8) if vae.num_classes else None
     samples = vae.sample(64 if labels is None else len(labels), y=labels)
-    plots.image_grid(out / "samples.png", samples, ds.image_shape, 8)
+    plots.image_grid(out / "samples.png", samples, ds.image_shape, 8, title="samples from the model: E[x | z, y], z ~ p(z)"
+                     if labels is not None else "samples from the model: E[x | z], z ~ p(z)", row_labels=class_row_labels(vae, 8))
     test = ds.test.head(32)
     cols = min(8, len(test))
     plots.reconstruction_grid(out / "reconstructions.png", test.x, vae.reconstruct(test.x, test.y), ds.image_shape, cols)
     plots.elbo_curves(out / "loss.png", history)
+
+
+def class_row_labels(vae, n):
+    """Row labels of a grid drawn with ``vae.labels_per_class(n)`` (None for an unconditional VAE)."""
+    return [f"label {c}" for c in range(vae.num_classes)] if vae.num_classes else None
 
 
 def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None):
