@@ -44,6 +44,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from .errors import UserError
+from .networks import call_net
 
 # Floats in the largest per-chunk tensor (chunk x batch x input_dim): 64 MiB in float32.
 CHUNK_ELEMENTS = 2**24
@@ -208,3 +209,12 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
         vae.train(was_training)
     log_px, elbo, ess, khat = (torch.cat(column) for column in zip(*parts))
     return LogPxResult(log_px, elbo, ess, khat, num_samples)
+
+
+@torch.no_grad()
+def active_units(vae, x, y=None, threshold=0.01, batch_size=1000):
+    """How many latent dimensions the model uses (Burda et al. 2015): those whose posterior mean
+    E_q[z_j | x] varies across the data ``x`` with variance above ``threshold``. A dimension the
+    encoder maps every datum to the same place carries no information about x."""
+    locs = [call_net(vae.encoder, x[i : i + batch_size], vae.onehot(None if y is None else y[i : i + batch_size]))[0] for i in range(0, len(x), batch_size)]
+    return int((torch.cat(locs).var(dim=0, unbiased=False) > threshold).sum())

@@ -187,6 +187,7 @@ def fit_tensors(vae, x, y=None, x_test=None, y_test=None, overrides=(), progress
         x, x_test, y, y_test = x[:-n_test], x[-n_test:], None if y is None else y[:-n_test], None if y is None else y[-n_test:]
     ds = data.prepare(data.Dataset(Split(x, y), Split(torch.as_tensor(x_test, dtype=torch.float32), y_test), (1, vae.input_dim), vae.num_classes), cfg.data.binarize, cfg.seed)
     check_data(vae, ds, cfg.data.binarize)
+    vae.init_from_data(ds.train.x)
     device = vae.device
     ds = data.Dataset(ds.train.to(device), ds.test.to(device), ds.image_shape, ds.num_classes)
     return fit(vae, ds, cfg, progress=progress)
@@ -257,6 +258,7 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True):
             f"but the data now have {ds.input_dim} ({ds.num_classes or 'no'} label classes); resume with the data it was trained on or start a new run"
         )
     vae = checkpoint.build_vae(cfg, ds.input_dim, ds.num_classes)
+    if payload is None: vae.init_from_data(ds.train.x)
     check_data(vae, ds, cfg.data.binarize)
     ds = data.Dataset(ds.train.to(device), ds.test.to(device), ds.image_shape, ds.num_classes)
     vae.to(device)
