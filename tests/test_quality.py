@@ -87,3 +87,23 @@ def test_a_decoder_of_your_own_is_left_alone():
 def test_unknown_init_bias_names_the_choices(data_dir):
     with pytest.raises(UserError, match="model.decoder.init_bias = 'zero' is not valid; choose one of: data, default"):
         small_config(data_dir, "model.decoder.init_bias=zero")
+
+
+def test_vamp_prior_uses_its_latents_after_a_few_hundred_steps(data_dir):
+    """The VampPrior used to collapse: q(z|x) matched p(z) for every x, no dimension carried
+    information and KL(q || p) was about 0. Fixed seed and step count, no wall clock."""
+    cfg, ds, vae = mnist_vae(data_dir, 'model.prior={type="vamp", components=50}', "train.epochs=15")
+    vae.init_from_data(ds.train.x)
+    fit(vae, ds, cfg, progress=False)
+    test = ds.test.x
+    assert active_units(vae, test) >= 4  # of 8; the collapsed prior left 2 or 3 barely moving
+    assert kl_per_datum(vae, test) > 5.0  # the collapsed prior: under 0.1 nats
+
+
+@torch.no_grad()
+def kl_per_datum(vae, x, num_samples=20):
+    """Monte Carlo KL(q(z|x) || p(z)) averaged over ``x``, in nats."""
+    loc, scale = vae.encoder(x)
+    q = torch.distributions.Independent(torch.distributions.Normal(loc, scale), 1)
+    z = q.sample((num_samples,))
+    return (q.log_prob(z) - vae.prior(vae.encoder).log_prob(z)).mean().item()
