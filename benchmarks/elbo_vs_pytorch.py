@@ -21,7 +21,7 @@ Target: within 1 nat. ``--ablation`` instead trains pyro_vae once per row of ``A
 a set of config overrides that turns one of the causes found in issue 11 back to its old setting,
 and prints the test ELBO and active units of each (see docs/benchmarks.md).
 
-    python benchmarks/elbo_vs_pytorch.py [--epochs 10] [--device cpu]
+    python benchmarks/elbo_vs_pytorch.py [--epochs 10] [--device cpu] [--run RUN_DIR]
     python benchmarks/elbo_vs_pytorch.py --ablation [--rows normal,vamp,mixture] [--epochs 10]
 """
 
@@ -32,12 +32,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pyro_vae import checkpoint
 from pyro_vae import config as config_lib
 from pyro_vae.marginal import active_units
 from pyro_vae.train import elbo_per_datum, load_dataset, resolve_device, train_run
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "mnist_vae.toml"
 LATENT = 50
+MIXTURE = 'model.prior={type="mixture", components=10}'
+VAMP = 'model.prior={type="vamp", components=500}'
 
 # (label, overrides): the first row of each group is today's default for that prior, each later row
 # puts one cause back as it was before issue 11
@@ -47,6 +50,16 @@ ABLATION = {
         ("  decoder output bias at PyTorch's init (old)", ["model.decoder.init_bias=default"]),
         ("  Monte Carlo KL, Trace_ELBO (old)", ["train.objective=elbo"]),
         ("  both old: the default before issue 11", ["model.decoder.init_bias=default", "train.objective=elbo"]),
+    ],
+    "mixture": [
+        ("mixture of 10, defaults", [MIXTURE]),
+        ("  means spread N(0, 1) (old)", ['model.prior={type="mixture", components=10, init_std=1.0}']),
+        ("  decoder output bias at PyTorch's init (old)", [MIXTURE, "model.decoder.init_bias=default"]),
+        ("  both old: the mixture before issue 11", ['model.prior={type="mixture", components=10, init_std=1.0}', "model.decoder.init_bias=default"]),
+    ],
+    "vamp": [
+        ("VampPrior, 500 pseudo-inputs, defaults", [VAMP]),
+        ("  decoder output bias at PyTorch's init (old)", [VAMP, "model.decoder.init_bias=default"]),
     ],
 }
 
@@ -98,12 +111,19 @@ def train_pyro_vae(overrides, epochs, device, seed):
     return elbo_per_datum(vae, test, 1000), active_units(vae, test.x)
 
 
+def score_run(run_dir, device):
+    """``(test ELBO, active units)`` of a finished ``pyro-vae train`` run folder."""
+    cfg, vae, _ = checkpoint.load_run(run_dir, device)
+    test = load_dataset(cfg).test.to(device)
+    return elbo_per_datum(vae, test, 1000), active_units(vae, test.x)
+
+
 def compare(args, device):
     cfg = config_lib.load(CONFIG, [f"seed={args.seed}"])
     ds = load_dataset(cfg)
     plain = train_plain(ds.train.x, args.epochs, args.seed)
     plain_elbo = plain_test_elbo(plain, ds.test.x, args.seed)
-    ours, units = train_pyro_vae([], args.epochs, device, args.seed)
+    ours, units = score_run(args.run, device) if args.run else train_pyro_vae([], args.epochs, device, args.seed)
     print(f"IWAE-paper VAE, {args.epochs} epochs, batch 100, Adam 1e-3, dynamic binarization; test ELBO on all {len(ds.test)} test images")
     print(f"{'trainer':<34}{'test ELBO (nats/image)':>24}")
     print(f"{'plain PyTorch (see docstring)':<34}{plain_elbo:>24.2f}")
@@ -128,6 +148,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run", help="score this finished run of mnist_vae.toml (trained with --epochs epochs) instead of training one")
     parser.add_argument("--ablation", action="store_true", help="one row per cause instead of the side-by-side comparison")
     parser.add_argument("--rows", default=",".join(ABLATION), help=f"ablation groups, comma-separated, from: {', '.join(ABLATION)}")
     args = parser.parse_args()
