@@ -5,7 +5,6 @@ Register a new prior with ``@PRIORS.register("name")``; its keyword-only ``__ini
 become the parameters a config may set (``{type = "name", param = value}``).
 """
 
-
 import pyro.distributions as dist
 import torch
 from torch import nn
