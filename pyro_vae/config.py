@@ -16,7 +16,7 @@ else:  # pragma: no cover
 
 from .errors import UserError
 from .likelihoods import LIKELIHOODS
-from .networks import ACTIVATIONS, NETWORK_TYPES
+from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
 from .priors import PRIORS
 
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -31,6 +31,11 @@ class NetworkConfig:
     hidden: list = field(default_factory=lambda: [200, 200])
     channels: list = field(default_factory=lambda: [32, 64])
     activation: str = "tanh"
+
+
+@dataclass
+class DecoderConfig(NetworkConfig):
+    init_bias: str = "data"  # "data": output bias at the training data's mean pixel; "default": PyTorch's init
 
 
 @dataclass
@@ -49,7 +54,7 @@ class ModelConfig:
     likelihood: object = "bernoulli"
     conditional: bool = False
     encoder: NetworkConfig = field(default_factory=NetworkConfig)
-    decoder: NetworkConfig = field(default_factory=NetworkConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
 
 @dataclass
@@ -60,7 +65,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
     kl_warmup_epochs: int = 0  # the KL term's weight rises linearly from 0 to 1 over these epochs
-    objective: str = "elbo"
+    objective: str = "mean_field"  # the ELBO with the analytic KL where one exists (lower-variance gradients)
     num_particles: int = 1
     device: str = "auto"
     nan_policy: str = "stop"
@@ -195,6 +200,7 @@ def validate(cfg):
             raise UserError(f"model.{part}.hidden must list at least one positive layer width, got {net.hidden}")
         if len(net.channels) != 2 or min(net.channels) < 1:
             raise UserError(f"model.{part}.channels must list two positive channel counts, got {net.channels}")
+    _choice("model.decoder.init_bias", cfg.model.decoder.init_bias, INIT_BIASES)
     t = cfg.train
     _at_least("train.epochs", t.epochs, 1)
     _at_least("train.max_steps", t.max_steps, 0)

@@ -180,6 +180,7 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(cfg, ds.input_dim, ds.num_classes)
     data.check_data(vae, ds, cfg.data.binarize)
+    vae.init_from_data(ds.train.x)  # a resumed run's weights replace this below
     ds = ds.to(world.device)
     vae.to(world.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
@@ -220,4 +221,5 @@ def fit_tensors(vae, x, y=None, x_test=None, y_test=None, overrides=(), progress
         test = data.Split(torch.as_tensor(x_test, dtype=torch.float32), None if y_test is None else torch.as_tensor(y_test))
     ds = data.prepare(data.Dataset(train, test, (1, vae.input_dim), vae.num_classes), cfg.data.binarize, cfg.seed)
     data.check_data(vae, ds, cfg.data.binarize)
+    vae.init_from_data(ds.train.x)
     return fit(vae, ds.to(vae.device), cfg, progress=progress)
