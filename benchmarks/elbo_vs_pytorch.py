@@ -110,14 +110,14 @@ def train_pyro_vae(overrides, epochs, device, seed):
     with tempfile.TemporaryDirectory() as run:
         vae, _ = train_run(cfg, Path(run) / "run", progress=False)
     test = load_dataset(cfg).test.to(vae.device)
-    return elbo_per_datum(vae, test, 1000), active_units(encode_split(vae, test)[0])
+    return elbo_per_datum(vae, test, 1000), active_units(encode_split(vae, test)[0])[0]
 
 
 def score_run(run_dir, device):
     """``(test ELBO, active units)`` of a finished ``pyro-vae train`` run folder."""
     cfg, vae, _ = load_run(run_dir, device)
     test = load_dataset(cfg).test.to(device)
-    return elbo_per_datum(vae, test, 1000), active_units(encode_split(vae, test)[0])
+    return elbo_per_datum(vae, test, 1000), active_units(encode_split(vae, test)[0])[0]
 
 
 def compare(args, device):
