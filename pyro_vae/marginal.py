@@ -140,10 +140,11 @@ def batch_log_weights(vae, x, y, num_samples, chunk_size):
 def psis_khat():
     """ArviZ's PSIS k-hat of one datum's log weights (K,), through the API of the installed line.
 
-    ArviZ 1.x (the only line on Python 3.12+) moved PSIS into ``arviz_stats``; ArviZ 0.x (the
-    newest line on Python 3.10 and 3.11) has ``arviz.psislw``. Both take the samples on the last
-    axis, but ``arviz_stats`` takes log-likelihood-like values and fits the tail of their negation
-    (its ``loo`` passes the log-likelihood), so log weights go in negated.
+    ArviZ 1.x (what pip picks on Python 3.12+, where pyro_vae depends on ``arviz-stats``) moved
+    PSIS into ``arviz_stats``; ArviZ 0.x (the newest line on Python 3.10 and 3.11) has
+    ``arviz.psislw``. Both take the samples on the last axis, but ``arviz_stats`` takes
+    log-likelihood-like values and fits the tail of their negation (its ``loo`` passes the
+    log-likelihood), so log weights go in negated.
     """
     # imported here: it takes seconds, which `import pyro_vae` (and `pyro-vae train`) should not pay
     try:
@@ -167,6 +168,8 @@ def pareto_khat(lw):
         return torch.full((lw.shape[1],), math.inf, dtype=torch.float64)
     khat_of = psis_khat()
     khat = []
+    # a datum at a time, so a tail ArviZ refuses costs only its own k-hat; both lines loop over
+    # data in Python anyway, so this is no slower than one call on the whole batch
     for column in lw.T.cpu().numpy():
         # the Pareto fit's profile likelihood overflows exp() for unlikely shapes, giving them
         # weight 0 as intended; numpy's warning about it is noise
