@@ -1,7 +1,8 @@
 # `make demo` sets everything up (a virtual environment in .venv) and trains the example VAE;
 # `make test` runs the tests. Both need only Python 3.10+ and the package registry.
 PYTHON ?= python3
-VENV := .venv
+# one virtual environment per interpreter, so `make test PYTHON=python3.13` never reuses another's
+VENV ?= $(if $(filter python3,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # MNIST: use the project's shared copy where it sits beside the checkout, else data.dir / download.
