@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install -e '.[dev]'
+	@# the data make found stay found after `. $(VENV)/bin/activate`, in any shell
+	@if [ -n "$$PYRO_VAE_DATA" ]; then echo "export PYRO_VAE_DATA=\"$$PYRO_VAE_DATA\"" >> $(VENV)/bin/activate; fi
 	touch $(STAMP)
 
 demo: $(STAMP)
