@@ -8,7 +8,8 @@ one seeded binarization (``PYRO_VAE_DATA`` points at the torchvision root).
 
 (a) Time: ``pyro_vae.estimate_log_px`` (log weights from tracing the guide and replaying the
     model) against the same estimator written by hand in PyTorch (reparameterized draws, the
-    three log densities, the same logsumexp / mean / ESS reductions and the same ArviZ PSIS),
+    three log densities, the same logsumexp / mean / ESS reductions and the same ArviZ PSIS
+    through ``pyro_vae.marginal.pareto_khat``),
     same K, same batch, same chunk size, with distribution argument checks off in both. The
     hand-written one comes twice, with log p(x|z) from ``torch.distributions.Bernoulli`` and from
     the fused ``binary_cross_entropy_with_logits``. All run in turn, ``--repeats`` times each
@@ -38,7 +39,6 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -47,8 +47,8 @@ from torchvision.datasets import MNIST
 
 from pyro_vae import VAE, estimate_log_px
 from pyro_vae.data import binarize_fixed, data_root
-from pyro_vae.marginal import CHUNK_ELEMENTS
 from pyro_vae.distributed import resolve_device
+from pyro_vae.marginal import CHUNK_ELEMENTS, pareto_khat, psis_khat
 
 
 def setup(batch_size, device):
@@ -73,10 +73,6 @@ LOG_LIKELIHOODS = {
 def plain_estimate(encoder, decoder, x, num_samples, chunk_size, log_likelihood):
     """The same estimator without Pyro: per datum logsumexp_k log w_k - log K, mean log w_k,
     ESS = (sum w)^2 / sum w^2 and the PSIS k-hat, z_k = loc + scale * eps_k drawn in chunks."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
-
     loc, scale = encoder(x)
     q = torch.distributions.Normal(loc, scale, validate_args=False)
     prior = torch.distributions.Normal(0.0, 1.0, validate_args=False)
@@ -87,8 +83,7 @@ def plain_estimate(encoder, decoder, x, num_samples, chunk_size, log_likelihood)
         lw[start:stop] = log_likelihood(decoder(z), x) + prior.log_prob(z).sum(-1) - q.log_prob(z).sum(-1)
     lse = torch.logsumexp(lw, 0)
     ess = torch.exp(2 * lse - torch.logsumexp(2 * lw, 0))
-    _, khat = arviz.psislw(lw.T.cpu().numpy(), reff=1.0)
-    return lse - math.log(num_samples), lw.mean(0), ess, khat
+    return lse - math.log(num_samples), lw.mean(0), ess, pareto_khat(lw)
 
 
 def sync(device):
@@ -127,9 +122,7 @@ def proc_status_bytes(field):
 
 def child_memory(num_samples, chunk_size, batch_size, device):
     """Runs in a fresh process: prints the memory before one estimate and its peak, as JSON."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz  # noqa: F401  (loaded before the baseline is read, like torch)
+    psis_khat()  # ArviZ loaded before the baseline is read, like torch
     vae, x = setup(batch_size, device)
     if device.type == "cuda":
         torch.cuda.synchronize()

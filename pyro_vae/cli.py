@@ -1,4 +1,4 @@
-"""`pyro-vae train | evaluate | generate`: parse arguments and call the package; nothing else.
+"""`pyro-vae train | evaluate | generate | encode | explore`: parse arguments and call the package; nothing else.
 
 Every ``UserError`` becomes one line on stderr and exit status 2.
 """
@@ -46,6 +46,23 @@ def build_parser():
     p.add_argument("--same-style", action="store_true", help="with --digit all: one z per column, shared by every class")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help=".png for an image grid, .npz for arrays")
+
+    p = sub.add_parser("encode", help="write the mean and standard deviation of q(z|x) for each image",
+                       description="Writes an .npz with loc and scale, (N, latent_dim) float32, and labels, (N,) int64; "
+                                   "labels is absent when the run's data have none.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help=".npz file to write")
+    p.add_argument("--split", default="test", choices=("test", "train"),
+                   help="which images (default test; a dynamically binarized run's training images get one seeded binarization)")
+    p.add_argument("--limit", type=int, help="encode only the first N images of the split")
+
+    p = sub.add_parser("explore", help="latent-space figures, active units and per-dimension KL",
+                       description="Writes latent_map.png, interpolations.png, traversals.png (and manifold.png for a 2-D latent) "
+                                   "and prints the active units and the per-dimension KL over the test set.")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="folder for the figures (default: the run folder)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo KL and prior-quantile draws")
+    p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     return parser
 
 
@@ -74,7 +91,20 @@ def cmd_generate(args):
     print(f"wrote {args.out}")
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate}
+def cmd_encode(args):
+    from .explore import encode_run
+
+    encode_run(args.run_dir, Path(args.out), split=args.split, limit=args.limit)
+    print(f"wrote {args.out}")
+
+
+def cmd_explore(args):
+    from .explore import explore_run
+
+    explore_run(args.run_dir, None if args.out is None else Path(args.out), json_summary=args.json, seed=args.seed)
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "encode": cmd_encode, "explore": cmd_explore}
 
 
 def main(argv=None):

@@ -16,7 +16,7 @@ else:  # pragma: no cover
 
 from .errors import UserError
 from .likelihoods import LIKELIHOODS
-from .networks import ACTIVATIONS, NETWORK_TYPES
+from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
 from .priors import PRIORS
 
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -35,6 +35,11 @@ class NetworkConfig:
 
 
 @dataclass
+class DecoderConfig(NetworkConfig):
+    init_bias: str = "data"  # "data": output bias at the training data's mean pixel; "default": PyTorch's init
+
+
+@dataclass
 class DataConfig:
     dir: str = ""  # torchvision root for MNIST; "" -> $PYRO_VAE_DATA, else ~/.cache/pyro_vae
     path: str = ""  # a .npy/.npz of the user's own data instead of MNIST
@@ -50,7 +55,7 @@ class ModelConfig:
     likelihood: object = "bernoulli"
     conditional: bool = False
     encoder: NetworkConfig = field(default_factory=NetworkConfig)
-    decoder: NetworkConfig = field(default_factory=NetworkConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
 
 
 @dataclass
@@ -61,7 +66,7 @@ class TrainConfig:
     lr: float = 1e-3
     lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
     kl_warmup_epochs: int = 0  # the KL term's weight rises linearly from 0 to 1 over these epochs
-    objective: str = "elbo"
+    objective: str = "mean_field"  # the ELBO with the analytic KL where one exists (lower-variance gradients)
     num_particles: int = 1
     device: str = "auto"
     compile: str = "auto"  # the training step traced and compiled: auto (where it can be) | on | off
@@ -197,6 +202,7 @@ def validate(cfg):
             raise UserError(f"model.{part}.hidden must list at least one positive layer width, got {net.hidden}")
         if len(net.channels) != 2 or min(net.channels) < 1:
             raise UserError(f"model.{part}.channels must list two positive channel counts, got {net.channels}")
+    _choice("model.decoder.init_bias", cfg.model.decoder.init_bias, INIT_BIASES)
     t = cfg.train
     _at_least("train.epochs", t.epochs, 1)
     _at_least("train.max_steps", t.max_steps, 0)

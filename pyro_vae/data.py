@@ -241,3 +241,11 @@ def prepare(ds, binarize, seed):
     train = ds.train if binarize == "dynamic" else Split(binarize_fixed(ds.train.x, seed), ds.train.y)
     test = Split(binarize_fixed(ds.test.x, seed + 1), ds.test.y)
     return Dataset(train, test, ds.image_shape, ds.num_classes)
+
+
+def fixed_train_split(ds, binarize, seed):
+    """The training split with fixed pixels, for reading a trained model rather than training it: a
+    dynamic run's grey training images get the one draw static binarization would have made."""
+    if binarize != "dynamic":
+        return ds.train
+    return Split(binarize_fixed(ds.train.x, seed), ds.train.y)

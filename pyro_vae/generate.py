@@ -8,7 +8,7 @@ import torch
 
 from .errors import UserError
 from .files import atomic_write_bytes
-from .run import load_run
+from .run import class_row_labels, load_run
 
 
 def labels_for(vae, n, digit, same_style):
@@ -59,7 +59,12 @@ def generate_run(run_dir, out, n=64, digit=None, same_style=False, seed=0):
     if out.suffix == ".png":
         from .plots import image_grid  # matplotlib and torchvision: only where a figure is drawn
 
-        image_grid(out, images, image_shape, nrow)
+        what = "one z per column, shared by every label" if same_style else "z ~ p(z)"
+        rows = class_row_labels(vae, n) if labels is not None and digit in (None, "all") else None
+        title = f"{run_dir}: E[x | z{', y' if labels is not None else ''}], {what}"
+        if labels is not None and rows is None:
+            title += f", label {int(labels[0])}"
+        image_grid(out, images, image_shape, nrow, title=title, row_labels=rows)
         return
     labels = np.full(len(images), -1, dtype=np.int64) if labels is None else labels.cpu().numpy().astype(np.int64)
     buffer = io.BytesIO()

@@ -22,6 +22,11 @@ class Likelihood(nn.Module):
         """E[x|z] for decoder output ``out``: what sample images show."""
         return self(out).mean
 
+    def output_for_mean(self, mean):
+        """The decoder output whose E[x|z] is ``mean``, used to start the decoder at the data's mean
+        pixel; ``None`` (a likelihood of your own that does not say) leaves the decoder as built."""
+        return None
+
     def check(self, x):
         """Raise ``UserError`` if ``x`` lies outside this likelihood's support."""
         if self.support == "binary" and not ((x == 0) | (x == 1)).all():
@@ -50,6 +55,16 @@ class Bernoulli(Likelihood):
     def mean(self, out):
         return torch.sigmoid(out)
 
+    def output_for_mean(self, mean):
+        return clamped_logit(mean)
+
+
+def clamped_logit(mean):
+    """Pixels that are never (or always) on in the training data would ask for an infinite logit;
+    clamping keeps the start finite, so the decoder can still move those pixels (as Burda et al.)."""
+    p = mean.clamp(1e-3, 1 - 1e-3)
+    return p.log() - (-p).log1p()
+
 
 class BernoulliPixels(dist.Independent):
     """Independent Bernoulli pixels whose ``log_prob`` negates the BCE once per datum rather than
@@ -75,6 +90,11 @@ class ContinuousBernoulli(Likelihood):
     def forward(self, out):
         return dist.ContinuousBernoulli(logits=out, validate_args=False).to_event(1)
 
+    def output_for_mean(self, mean):
+        # the logit of the mean pixel, as for the Bernoulli: close to, not exactly, the continuous
+        # Bernoulli's mean, which is all a starting point needs
+        return clamped_logit(mean)
+
 
 class _LocScale(Likelihood):
     """Location-scale families: the decoder outputs the location (the mean for symmetric ones);
@@ -96,6 +116,9 @@ class _LocScale(Likelihood):
 
     def mean(self, out):
         return out
+
+    def output_for_mean(self, mean):
+        return mean
 
 
 @LIKELIHOODS.register("gaussian")

@@ -33,6 +33,7 @@ of the bookkeeping. Exactly K samples are drawn per datum; the last chunk is sma
 size does not divide K.
 """
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ from .errors import UserError
 # Floats in the largest per-chunk tensor (chunk x batch x input_dim): 64 MiB in float32.
 CHUNK_ELEMENTS = 2**24
 KHAT_TRUST = 0.7
+# PSIS fits the largest K/5 weights (for K <= 225) and a Pareto fit needs at least 5 of them
+# (ArviZ 1.x refuses fewer, 0.x returns inf), so below 25 samples there is no tail to fit.
+PSIS_MIN_SAMPLES = 25
 
 
 @dataclass
@@ -129,22 +133,51 @@ def batch_log_weights(vae, x, y, num_samples, chunk_size):
     return out, chunk_size
 
 
-def pareto_khat(lw):
-    """PSIS k-hat per datum of log weights (K, B); independent draws, so relative efficiency 1."""
-    if lw.shape[0] == 1:
-        # a single weight has no tail to fit
-        return torch.full((lw.shape[1],), math.inf, dtype=torch.float64)
-    # imported here: it takes seconds, which `import pyro_vae` (and `pyro-vae train`) should not pay
-    with warnings.catch_warnings():
-        # ArviZ announces its coming 1.0 refactor with a FutureWarning on import; not about us
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz
+@functools.cache
+def psis_khat():
+    """ArviZ's PSIS k-hat of one datum's log weights (K,), through the API of the installed line.
 
-    # the Pareto fit's profile likelihood overflows exp() for unlikely shapes, giving them
-    # weight 0 as intended; numpy's warning about it is noise
-    with np.errstate(over="ignore"):
-        _, khat = arviz.psislw(lw.T.cpu().numpy(), reff=1.0)
-    return torch.as_tensor(khat, dtype=torch.float64)
+    ArviZ 1.x (what pip picks on Python 3.12+, where pyro_vae depends on ``arviz-stats``) moved
+    PSIS into ``arviz_stats``; ArviZ 0.x (the newest line on Python 3.10 and 3.11) has
+    ``arviz.psislw``. Both take the samples on the last axis, but ``arviz_stats`` takes
+    log-likelihood-like values and fits the tail of their negation (its ``loo`` passes the
+    log-likelihood), so log weights go in negated.
+    """
+    # imported here: it takes seconds, which `import pyro_vae` (and `pyro-vae train`) should not pay
+    try:
+        from arviz_stats.base import array_stats
+    except ImportError:
+        with warnings.catch_warnings():
+            # ArviZ 0.x announces its 1.0 refactor with a FutureWarning on import; not about us
+            warnings.simplefilter("ignore", FutureWarning)
+            import arviz
+        return lambda lw: arviz.psislw(lw, reff=1.0)[1]
+    return lambda lw: array_stats.psislw(-lw, r_eff=1.0)[1]
+
+
+def pareto_khat(lw):
+    """PSIS k-hat per datum of log weights (K, B); independent draws, so relative efficiency 1.
+
+    ``inf`` where no tail can be fitted: fewer than ``PSIS_MIN_SAMPLES`` weights, or a tail that
+    ArviZ cannot fit (all its weights equal, or a first quartile at its minimum).
+    """
+    if lw.shape[0] < PSIS_MIN_SAMPLES:
+        return torch.full((lw.shape[1],), math.inf, dtype=torch.float64)
+    khat_of = psis_khat()
+    khat = []
+    # a datum at a time, so a tail ArviZ refuses costs only its own k-hat; both lines loop over
+    # data in Python anyway, so this is no slower than one call on the whole batch
+    for column in lw.T.cpu().numpy():
+        # the Pareto fit's profile likelihood overflows exp() for unlikely shapes, giving them
+        # weight 0 as intended; numpy's warning about it is noise
+        with np.errstate(over="ignore"):
+            try:
+                k = float(khat_of(column))
+            except ValueError:  # ArviZ 1.x refuses a tail of equal weights; 0.x returns inf
+                k = math.inf
+        # ArviZ returns NaN when the tail is not Pareto-like at all: as untrustworthy as inf
+        khat.append(math.inf if math.isnan(k) else k)
+    return torch.tensor(khat, dtype=torch.float64)
 
 
 def reduce_weights(lw):
@@ -205,3 +238,4 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
         vae.train(was_training)
     log_px, elbo, ess, khat = (torch.cat(column) for column in zip(*parts))
     return LogPxResult(log_px, elbo, ess, khat, num_samples)
+

@@ -13,6 +13,9 @@ from .errors import UserError
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus, "elu": nn.ELU}
 NETWORK_TYPES = ("mlp", "conv")
+# "data": the decoder's output bias starts at the training data's mean pixel (Burda et al. 2015);
+# "default": PyTorch's own layer initialization, as before
+INIT_BIASES = ("data", "default")
 
 
 def call_net(net, h, y_onehot):
@@ -62,6 +65,12 @@ class MLPDecoder(nn.Module):
     def forward(self, z, y_onehot=None):
         return self.net(with_label(z, y_onehot))
 
+    @torch.no_grad()
+    def init_output(self, pixel_mean, output_for_mean):
+        """Start every pixel's output at ``output_for_mean(pixel_mean)``: before it learns anything
+        from z, the decoder already draws the average digit instead of grey noise."""
+        self.net[-1].bias.copy_(output_for_mean(pixel_mean))
+
 
 def image_side(input_dim):
     side = math.isqrt(input_dim)
@@ -109,6 +118,12 @@ class ConvDecoder(nn.Module):
         self.c1 = c1
         self.fc = nn.Sequential(nn.Linear(latent_dim + num_classes, c1 * (self.side // 4) ** 2), act())
         self.deconv = nn.Sequential(nn.ConvTranspose2d(c1, c2, 4, 2, 1), act(), nn.ConvTranspose2d(c2, 1, 4, 2, 1))
+
+    @torch.no_grad()
+    def init_output(self, pixel_mean, output_for_mean):
+        """The last transposed convolution has one bias for all pixels: it starts at the output for
+        the data's overall mean pixel."""
+        self.deconv[-1].bias.copy_(output_for_mean(pixel_mean.mean()).reshape(1))
 
     def forward(self, z, y_onehot=None):
         h = self.fc(with_label(z, y_onehot))

@@ -5,8 +5,6 @@ Register a new prior with ``@PRIORS.register("name")``; its keyword-only ``__ini
 become the parameters a config may set (``{type = "name", param = value}``).
 """
 
-import math
-
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -54,12 +52,15 @@ class _Mixture(nn.Module):
 
 @PRIORS.register("mixture")
 class GaussianMixture(_Mixture):
-    """A learnable mixture of ``components`` diagonal Gaussians; means start spread around 0."""
+    """A learnable mixture of ``components`` diagonal Gaussians with unit scales and equal weights
+    at the start; the means start near 0, each coordinate drawn from N(0, init_std^2). Near 0
+    rather than spread at unit distance: the dimensions the model leaves unused then cost no KL
+    from the first step, and the components part as the posteriors pull them apart."""
 
-    def __init__(self, latent_dim, input_dim, num_classes=None, *, components=10):
+    def __init__(self, latent_dim, input_dim, num_classes=None, *, components=10, init_std=0.1):
         super().__init__()
         self.logits = nn.Parameter(torch.zeros(components))
-        self.loc = nn.Parameter(torch.randn(components, latent_dim))
+        self.loc = nn.Parameter(torch.randn(components, latent_dim) * init_std)
         self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
 
     def forward(self, encoder):
@@ -69,19 +70,25 @@ class GaussianMixture(_Mixture):
 @PRIORS.register("vamp")
 class VampPrior(_Mixture):
     """VampPrior (Tomczak & Welling 2018): p(z) = (1/K) sum_k q(z | u_k), the encoder's posterior
-    at K learned pseudo-inputs u_k. Pseudo-inputs live in logit space so sigmoid(u) stays a valid
-    image in [0, 1]. In a conditional VAE pseudo-input k carries the label k mod num_classes.
+    at K learned pseudo-inputs u_k, with gradients through the same encoder. As in the paper, each
+    u_k is a free image clipped to [0, 1] by a hardtanh and starts near-blank, every pixel drawn
+    from N(init_mean, init_std^2). In a conditional VAE pseudo-input k carries the label k mod
+    num_classes.
     """
 
-    def __init__(self, latent_dim, input_dim, num_classes=None, *, components=500):
+    def __init__(self, latent_dim, input_dim, num_classes=None, *, components=500, init_mean=0.05, init_std=0.01):
         super().__init__()
-        self.pseudo_logits = nn.Parameter(torch.randn(components, input_dim) * 0.1 + math.log(0.1 / 0.9))
+        self.pseudo_inputs = nn.Parameter(torch.randn(components, input_dim) * init_std + init_mean)
         self.register_buffer("weights", torch.zeros(components))
         labels = None
         if num_classes:
             labels = nn.functional.one_hot(torch.arange(components) % num_classes, num_classes).float()
         self.register_buffer("labels", labels)
 
+    def images(self):
+        """The pseudo-inputs as images in [0, 1]."""
+        return nn.functional.hardtanh(self.pseudo_inputs, 0.0, 1.0)
+
     def forward(self, encoder):
-        loc, scale = call_net(encoder, torch.sigmoid(self.pseudo_logits), self.labels)
+        loc, scale = call_net(encoder, self.images(), self.labels)
         return self.mixture(self.weights, loc, scale)

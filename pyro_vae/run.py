@@ -147,11 +147,17 @@ def write_run_figures(out, vae, ds, history):
 
     labels = vae.labels_per_class(8) if vae.num_classes else None
     samples = vae.sample(64 if labels is None else len(labels), y=labels)
-    plots.image_grid(out / "samples.png", samples, ds.image_shape, 8)
+    plots.image_grid(out / "samples.png", samples, ds.image_shape, 8, title="samples from the model: E[x | z, y], z ~ p(z)"
+                     if labels is not None else "samples from the model: E[x | z], z ~ p(z)", row_labels=class_row_labels(vae, 8))
     test = ds.test.head(32)
     cols = min(8, len(test))
     plots.reconstruction_grid(out / "reconstructions.png", test.x, vae.reconstruct(test.x, test.y), ds.image_shape, cols)
     plots.elbo_curves(out / "loss.png", history)
+
+
+def class_row_labels(vae, n):
+    """Row labels of a grid drawn with ``vae.labels_per_class(n)`` (None for an unconditional VAE)."""
+    return [f"label {c}" for c in range(vae.num_classes)] if vae.num_classes else None
 
 
 def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None):
@@ -176,6 +182,7 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(cfg, ds.input_dim, ds.num_classes)
     data.check_data(vae, ds, cfg.data.binarize)
+    vae.init_from_data(ds.train.x)  # a resumed run's weights replace this below
     ds = ds.to(world.device)
     vae.to(world.device)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
@@ -216,4 +223,5 @@ def fit_tensors(vae, x, y=None, x_test=None, y_test=None, overrides=(), progress
         test = data.Split(torch.as_tensor(x_test, dtype=torch.float32), None if y_test is None else torch.as_tensor(y_test))
     ds = data.prepare(data.Dataset(train, test, (1, vae.input_dim), vae.num_classes), cfg.data.binarize, cfg.seed)
     data.check_data(vae, ds, cfg.data.binarize)
+    vae.init_from_data(ds.train.x)
     return fit(vae, ds.to(vae.device), cfg, progress=progress)

@@ -57,3 +57,29 @@ def cli_command(*argv):
     """``pyro-vae *argv`` in a new Python process that knows this module's likelihoods."""
     script = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import helpers; from pyro_vae.cli import main; sys.exit(main(sys.argv[1:]))"
     return [sys.executable, "-c", script, *argv]
+
+
+def record_grids(monkeypatch):
+    """Replace ``plots.image_grid`` with a recorder that still writes the figure: a list that gets,
+    per grid drawn, its file name, number of images, images per row and row labels (a labelled
+    figure's pixel size no longer says how many images it holds)."""
+    from pyro_vae import plots
+
+    drawn, draw = [], plots.image_grid
+
+    def recording(path, images, image_shape, nrow=8, **labels):
+        drawn.append({"name": Path(path).name, "n": len(images), "nrow": nrow, "row_labels": labels.get("row_labels")})
+        draw(path, images, image_shape, nrow, **labels)
+
+    monkeypatch.setattr(plots, "image_grid", recording)
+    return drawn
+
+
+def readable_png(path, min_width=450):
+    """The file is a PNG a person can read on a screen: it opens, and it is not a thumbnail."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        return image.format == "PNG" and image.size[0] >= min_width

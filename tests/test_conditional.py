@@ -5,14 +5,14 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from PIL import Image
 
+from helpers import readable_png, record_grids
 from pyro_vae import VAE, data
 from pyro_vae.cli import main
 from pyro_vae.errors import UserError
 from pyro_vae.marginal import estimate_log_px
 from pyro_vae.objectives import make_objective
-from pyro_vae.run import load_run
+from pyro_vae.run import load_run, write_run_figures
 
 
 def small_cvae(**kwargs):
@@ -111,12 +111,15 @@ def test_digit_7_gives_five_sevens(trained_cvae_run, tmp_path):
     assert labels.dtype == np.int64 and labels.tolist() == [7] * 5
 
 
-def test_digit_all_gives_one_row_per_class(trained_cvae_run, tmp_path):
+def test_digit_all_gives_one_row_per_class(trained_cvae_run, tmp_path, monkeypatch):
     images, labels = generate(trained_cvae_run, tmp_path, "all.npz", "--digit", "all", "--n", "3")
     assert images.shape == (30, 28, 28)
     assert labels.tolist() == [d for d in range(10) for _ in range(3)]
+    drawn = record_grids(monkeypatch)
     assert main(["generate", str(trained_cvae_run), "--digit", "all", "--n", "4", "--out", str(tmp_path / "all.png")]) == 0
-    assert Image.open(tmp_path / "all.png").size == (4 * 30 + 2, 10 * 30 + 2)  # 4 columns, 10 rows
+    assert [(grid["n"], grid["nrow"]) for grid in drawn] == [(40, 4)]  # 4 columns, 10 rows
+    assert drawn[0]["row_labels"] == [f"label {d}" for d in range(10)]
+    assert readable_png(tmp_path / "all.png", min_width=300)
 
 
 def test_generation_is_reproducible_with_a_seed(trained_cvae_run, tmp_path):
@@ -149,8 +152,13 @@ def test_python_sample_takes_an_int_or_a_label_per_image(trained_cvae_run):
     assert vae.sample(3, y=torch.tensor([1, 2, 3])).shape == (3, 784)
 
 
-def test_a_conditional_runs_samples_png_is_the_all_digits_grid(trained_cvae_run):
-    assert Image.open(trained_cvae_run / "samples.png").size == (8 * 30 + 2, 10 * 30 + 2)  # 8 columns, 10 rows
+def test_a_conditional_runs_samples_png_is_the_all_digits_grid(trained_cvae_run, tmp_path, monkeypatch):
+    cfg, vae, _ = load_run(trained_cvae_run)
+    drawn = record_grids(monkeypatch)
+    write_run_figures(tmp_path, vae, data.load_dataset(cfg), [])
+    assert (drawn[0]["name"], drawn[0]["n"], drawn[0]["nrow"]) == ("samples.png", 80, 8)  # 8 columns, 10 rows
+    assert drawn[0]["row_labels"] == [f"label {d}" for d in range(10)]
+    assert readable_png(trained_cvae_run / "samples.png")
 
 
 # -- the model uses the labels ---------------------------------------------------------------

@@ -27,7 +27,7 @@ def test_iwae_paper_example_is_the_paper_model():
     m, t = cfg.model, cfg.train
     assert (m.latent_dim, m.encoder.hidden, m.decoder.hidden) == (50, [200, 200], [200, 200])
     assert (m.encoder.activation, m.likelihood, cfg.data.binarize) == ("tanh", "bernoulli", "dynamic")
-    assert (t.batch_size, t.lr, t.objective) == (100, 1e-3, "elbo")
+    assert (t.batch_size, t.lr, t.objective) == (100, 1e-3, "mean_field")
 
 
 @pytest.mark.parametrize(

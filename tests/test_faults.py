@@ -126,7 +126,7 @@ class OpensAFile:
         return (open, (self.path, "w"))
 
 
-@pytest.mark.parametrize("command", ["generate", "evaluate", "resume"])
+@pytest.mark.parametrize("command", ["generate", "evaluate", "encode", "explore", "resume"])
 def test_checkpoint_carrying_a_pickled_object_is_refused_and_its_code_never_runs(command, trained_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
@@ -138,6 +138,8 @@ def test_checkpoint_carrying_a_pickled_object_is_refused_and_its_code_never_runs
     argv = {
         "generate": ["generate", str(run), "--out", str(tmp_path / "x.png")],
         "evaluate": ["evaluate", str(run), "--num-samples", "2"],
+        "encode": ["encode", str(run), "--out", str(tmp_path / "x.npz")],
+        "explore": ["explore", str(run), "--out", str(tmp_path / "figures")],
         "resume": ["train", "--out", str(run), "--resume", "--config", str(run / "config.toml")],
     }[command]
 
@@ -147,7 +149,7 @@ def test_checkpoint_carrying_a_pickled_object_is_refused_and_its_code_never_runs
     assert status == 2 and err.count("\n") == 1
     assert f"refusing to load {ckpt}: it contains pickled Python objects" in err
     assert not marker.exists()
-    assert not (tmp_path / "x.png").exists()
+    assert not any((tmp_path / name).exists() for name in ("x.png", "x.npz", "figures"))
     torch.load(ckpt, weights_only=False)  # what an unsafe loader would do: the payload is live
     assert marker.exists()
 

@@ -11,6 +11,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -164,6 +165,41 @@ def test_estimate_rises_toward_exact_with_k_and_stays_above_elbo():
     assert torch.equal(results[1].log_px, results[1].elbo)  # one sample: the ELBO itself
     for k in (10, 1000):
         assert results[k].log_px.mean() > results[k].elbo.mean()
+
+
+# PSIS k-hat against weights whose tail is known. w = U^(-k), U ~ Uniform(0, 1), has
+# P(w > t) = t^(-1/k) for t >= 1: a Pareto tail, i.e. a generalized Pareto shape of exactly k, and
+# log w = k E with E ~ Exp(1). PSIS fits the largest M = 3 sqrt(K) = 300 of K = 10000 weights; above
+# the next largest they are exactly generalized Pareto with shape k, so one estimate's standard
+# deviation is about (1 + k) / sqrt(M) <= 0.11 and the mean over 100 data has a standard error
+# <= 0.011. ArviZ's weak prior pulls each estimate toward 0.5 by 10 / (M + 10) of the distance,
+# <= 0.013 here. Three standard errors plus that pull: 0.05. Pins the API's sign (which tail) and
+# its samples axis: either wrong gives k-hat near -1 or a different shape.
+KHAT_SAMPLES, KHAT_DATA = 10000, 100
+
+
+@pytest.mark.parametrize("k", [0.3, 0.6, 0.9])
+def test_khat_recovers_a_known_pareto_tail(k):
+    rng = np.random.default_rng(0)
+    khat = marginal.pareto_khat(torch.as_tensor(k * rng.standard_exponential((KHAT_SAMPLES, KHAT_DATA))))
+    assert khat.shape == (KHAT_DATA,) and khat.dtype == torch.float64
+    assert khat.mean().item() == pytest.approx(k, abs=0.05)
+
+
+def test_khat_of_light_tails_is_below_one_half():
+    rng = np.random.default_rng(1)
+    # log-normal weights (every moment finite; a proposal close to the posterior) and bounded
+    # weights (shape -1): one estimate's standard deviation is about 0.06, so 0.5 is far above both
+    gaussian = 0.5 * rng.standard_normal((KHAT_SAMPLES, KHAT_DATA))
+    bounded = np.log(rng.uniform(size=(KHAT_SAMPLES, KHAT_DATA)))
+    for lw in (gaussian, bounded):
+        assert marginal.pareto_khat(torch.as_tensor(lw)).max() < 0.5
+
+
+def test_khat_is_inf_where_no_tail_can_be_fitted():
+    # too few samples for a tail of 5, and a tail of equal weights: the same answer on both ArviZ lines
+    for lw in (torch.randn(marginal.PSIS_MIN_SAMPLES - 1, 3, dtype=torch.float64), torch.zeros(100, 3, dtype=torch.float64)):
+        assert torch.equal(marginal.pareto_khat(lw), torch.full((3,), math.inf, dtype=torch.float64))
 
 
 def test_chunked_equals_unchunked_with_the_same_seed():

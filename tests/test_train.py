@@ -8,14 +8,13 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from PIL import Image
 
-from helpers import small_config
+from helpers import readable_png, record_grids, small_config
 from pyro_vae import data
 from pyro_vae import config as config_lib
 from pyro_vae.cli import main
 from pyro_vae.data import load_dataset
-from pyro_vae.run import build_vae, load_run, train_run
+from pyro_vae.run import build_vae, load_run, train_run, write_run_figures
 from pyro_vae.train import elbo_per_datum
 
 
@@ -85,12 +84,19 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_same_model(trained_
         assert torch.equal(tensor, payload["model"][name])
 
 
-def test_sample_grid_has_64_images(trained_run):
-    width, height = Image.open(trained_run / "samples.png").size
-    assert (width, height) == (8 * 30 + 2, 8 * 30 + 2)  # 28-pixel images with 2-pixel padding
+def test_run_figures_are_labelled_grids_a_person_can_read(trained_run, tmp_path, monkeypatch):
+    cfg, vae, _ = load_run(trained_run)
+    drawn = record_grids(monkeypatch)
+    write_run_figures(tmp_path, vae, load_dataset(cfg), read_metrics(trained_run))
+    samples, reconstructions = drawn
+    assert (samples["name"], samples["n"], samples["nrow"]) == ("samples.png", 64, 8)
+    assert (reconstructions["name"], reconstructions["n"], reconstructions["nrow"]) == ("reconstructions.png", 64, 8)
+    assert reconstructions["row_labels"] == ["data", "reconstruction"] * 4
+    for name in ("samples.png", "reconstructions.png", "loss.png"):
+        assert readable_png(tmp_path / name), name
 
 
-def test_generate_writes_png_and_npz(trained_run, tmp_path):
+def test_generate_writes_png_and_npz(trained_run, tmp_path, monkeypatch):
     assert main(["generate", str(trained_run), "--n", "12", "--out", str(tmp_path / "g.npz")]) == 0
     arrays = np.load(tmp_path / "g.npz")
     assert arrays["images"].shape == (12, 28, 28) and arrays["images"].dtype == np.float32
@@ -98,8 +104,10 @@ def test_generate_writes_png_and_npz(trained_run, tmp_path):
     assert arrays["labels"].shape == (12,) and arrays["labels"].dtype == np.int64
     assert main(["generate", str(trained_run), "--n", "12", "--seed", "0", "--out", str(tmp_path / "g2.npz")]) == 0
     assert np.array_equal(np.load(tmp_path / "g2.npz")["images"], arrays["images"])
+    drawn = record_grids(monkeypatch)
     assert main(["generate", str(trained_run), "--n", "16", "--out", str(tmp_path / "g.png")]) == 0
-    assert Image.open(tmp_path / "g.png").size == (8 * 30 + 2, 2 * 30 + 2)
+    assert [(grid["n"], grid["nrow"]) for grid in drawn] == [(16, 8)]  # two rows of eight
+    assert readable_png(tmp_path / "g.png")
 
 
 def test_max_steps_stops_mid_epoch(data_dir, tmp_path):

@@ -1,0 +1,290 @@
+r"""`pyro-vae encode` and `pyro-vae explore`: what a trained run's latent space holds.
+
+``encode`` writes the mean and standard deviation of q(z|x) for every image of a split. ``explore``
+draws the latent space (``latent_map.png``, ``interpolations.png``, ``traversals.png`` and, for a
+2-D latent, ``manifold.png``) and measures how much of it the model uses:
+
+* active units (Burda et al. 2015): dimension j is active when
+  :math:`\mathrm{Cov}_x(\mathbb{E}_{q(z|x)}[z_j]) > 0.01` over the test set;
+* per-dimension KL: :math:`\frac1N \sum_i \mathrm{KL}(q(z_j|x_i) \,\|\, p_j(z_j))` with
+  :math:`p_j` the prior's marginal for dimension j. In closed form for a diagonal Gaussian prior
+  (``normal``, ``learned_normal``); otherwise a Monte Carlo average over z ~ q(z|x) of
+  :math:`\log q(z_j|x) - \log p_j(z_j)` with its standard error. For mixtures of diagonal
+  Gaussians (``mixture``, ``vamp``) and factorized priors the marginal density is exact; for any
+  other prior it is a Gaussian kernel density estimate from prior samples (``kl_method`` says
+  which). For a non-factorized prior the per-dimension terms need not sum to the full KL.
+"""
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyro.distributions as dist
+import torch
+from torch.distributions import kl_divergence
+
+from . import data
+from .errors import UserError
+from .files import atomic_write_bytes
+from .run import check_same_data, load_run
+
+ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
+KL_SAMPLES = 16  # z draws per datum for a Monte Carlo KL
+KDE_SAMPLES = 2000  # prior draws behind a kernel density estimate of its marginals
+ELEMENTS = 1 << 24  # the largest intermediate tensor a batch may build (64 MiB of floats)
+MAX_TRAVERSED = 8
+QUANTILE_LEVELS = 9  # columns of traversals.png
+MANIFOLD_SIDE = 20
+
+
+# -- the data a run was trained on ----------------------------------------------------------
+def load_split(run_dir, split="test", limit=0):
+    """``(cfg, vae, payload, Split)``: the run's model and the images of ``split`` (its first
+    ``limit``, all for 0), pixels as the model saw them."""
+    if split not in ("test", "train"):
+        raise UserError(f"--split must be 'test' or 'train', got {split!r}")
+    cfg, vae, payload = load_run(run_dir)
+    ds = data.load_dataset(cfg)
+    data.check_data(vae, ds, cfg.data.binarize)
+    check_same_data(run_dir, cfg, payload)
+    chosen = ds.test if split == "test" else data.fixed_train_split(ds, cfg.data.binarize, cfg.seed)
+    return cfg, vae, payload, chosen.head(limit)
+
+
+def encode_split(vae, split, batch_size=1000):
+    """``(loc, scale)`` (N, latent_dim) of q(z|x[, y]) for every datum of ``split``."""
+    parts = [vae.encode(batch.x, batch.y) for batch in (split[i : i + batch_size] for i in range(0, len(split), batch_size))]
+    return torch.cat([loc for loc, _ in parts]), torch.cat([scale for _, scale in parts])
+
+
+def encode_run(run_dir, out, split="test", limit=None):
+    """Write ``loc``, ``scale`` (N, latent_dim) float32 and, where the data have labels,
+    ``labels`` (N,) int64 to the ``.npz`` file ``out``."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"--out must end in .npz, got {out.name}")
+    if not out.parent.is_dir():
+        raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of images, got {limit} (leave it out for the whole split)")
+    _, vae, _, chosen = load_split(run_dir, split, limit or 0)
+    loc, scale = encode_split(vae, chosen)
+    arrays = {"loc": loc.numpy().astype(np.float32), "scale": scale.numpy().astype(np.float32)}
+    if chosen.y is not None:
+        arrays["labels"] = chosen.y.numpy().astype(np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(out, buffer.getvalue())
+    return arrays
+
+
+# -- how much of the latent space is used ---------------------------------------------------
+def active_units(loc, threshold=ACTIVE_THRESHOLD):
+    """``(count, variances)``: the dimensions whose posterior mean varies across the data by more
+    than ``threshold`` (a dimension the encoder ignores has the same mean for every datum)."""
+    variances = loc.var(dim=0) if len(loc) > 1 else torch.zeros(loc.shape[1])
+    return int((variances > threshold).sum()), variances
+
+
+def marginal_log_density(prior, num_samples=KDE_SAMPLES):
+    """``(log_density, method)``: ``log_density(z)`` maps z (..., D) to the log density of each
+    coordinate under the prior's 1-D marginal, (..., D)."""
+    if isinstance(prior, dist.Independent) and prior.reinterpreted_batch_ndims == 1:
+        return prior.base_dist.log_prob, "monte_carlo"
+    if isinstance(prior, dist.MixtureSameFamily) and isinstance(prior.component_distribution, dist.Independent):
+        # a mixture of factorized components: each marginal is the 1-D mixture with the same weights
+        log_weights = prior.mixture_distribution.logits.log_softmax(-1).unsqueeze(-1)
+        components = prior.component_distribution.base_dist
+        return lambda z: (components.log_prob(z.unsqueeze(-2)) + log_weights).logsumexp(-2), "monte_carlo"
+    draws = prior.sample((num_samples,))  # (M, D)
+    # Scott's rule per dimension: a smooth, slightly widened stand-in for a marginal with no formula
+    bandwidth = 1.06 * draws.std(0) * num_samples ** -0.2
+    kernels = dist.Normal(draws, bandwidth)
+    return lambda z: kernels.log_prob(z.unsqueeze(-2)).logsumexp(-2) - math.log(num_samples), "monte_carlo_kde"
+
+
+def monte_carlo_kl(loc, scale, log_marginal, num_samples=KL_SAMPLES, seed=0, per_sample_elements=1):
+    """``(kl, stderr)`` (D,): the average over the data of KL(q(z_j|x) || p_j), each datum's KL
+    estimated from ``num_samples`` draws of z; ``stderr`` is the Monte Carlo standard error (the
+    data held fixed). ``per_sample_elements`` sizes the batches to what ``log_marginal`` builds."""
+    n, d = loc.shape
+    generator = torch.Generator().manual_seed(seed)
+    batch = max(1, ELEMENTS // (num_samples * d * per_sample_elements))
+    means, variances = [], []
+    for i in range(0, n, batch):
+        q = dist.Normal(loc[i : i + batch], scale[i : i + batch])
+        eps = torch.randn((num_samples, *q.loc.shape), generator=generator)
+        z = q.loc + q.scale * eps
+        terms = q.log_prob(z) - log_marginal(z)  # (S, B, D)
+        means.append(terms.mean(0))
+        variances.append(terms.var(0) if num_samples > 1 else torch.full_like(terms[0], float("nan")))
+    means, variances = torch.cat(means), torch.cat(variances)
+    return means.mean(0), (variances.sum(0) / num_samples).sqrt() / n
+
+
+def kl_per_dim(prior, loc, scale, num_samples=KL_SAMPLES, seed=0):
+    """``(kl (D,), stderr (D,) or None, method)`` for the prior distribution ``prior``; see the
+    module docstring for what each method is."""
+    if isinstance(prior, dist.Independent) and isinstance(prior.base_dist, dist.Normal):
+        kl = kl_divergence(dist.Normal(loc, scale), prior.base_dist)
+        return kl.mean(0), None, "closed_form"
+    log_marginal, method = marginal_log_density(prior)
+    if isinstance(prior, dist.MixtureSameFamily):
+        width = prior.mixture_distribution.logits.shape[-1]
+    else:
+        width = KDE_SAMPLES if method == "monte_carlo_kde" else 1
+    kl, stderr = monte_carlo_kl(loc, scale, log_marginal, num_samples, seed, per_sample_elements=width)
+    return kl, stderr, method
+
+
+def prior_quantiles(prior, levels, num_samples=10000):
+    """(L, D): each dimension's prior-marginal quantiles at ``levels``; exact for a diagonal
+    Gaussian, else empirical quantiles of prior samples."""
+    if isinstance(prior, dist.Independent) and isinstance(prior.base_dist, dist.Normal):
+        return prior.base_dist.icdf(levels.unsqueeze(-1))
+    return torch.quantile(prior.sample((num_samples,)), levels, dim=0)
+
+
+# -- the pictures ---------------------------------------------------------------------------
+def project_2d(loc):
+    """``(points (N, 2), axis names)``: the latent itself for two dimensions, else its first two
+    principal components (the axis names say which, and how much variance each holds)."""
+    d = loc.shape[1]
+    if d == 2:
+        return loc, ("z[0] (posterior mean)", "z[1] (posterior mean)")
+    if d == 1:
+        return torch.cat([loc, torch.zeros_like(loc)], 1), ("z[0] (posterior mean)", "(none: the latent has one dimension)")
+    centred = loc - loc.mean(0)
+    _, singular, vt = torch.linalg.svd(centred, full_matrices=False)
+    share = 100 * singular**2 / (singular**2).sum()
+    names = tuple(f"principal component {k + 1} of the posterior means ({share[k]:.0f}% of their variance)" for k in range(2))
+    return centred @ vt[:2].T, names
+
+
+def interpolation_pairs(split, rows, conditional):
+    """Index pairs of test images to join: consecutive pairs, or for a conditional VAE each image
+    with the next one of the same label (the path then varies only the style z carries)."""
+    n = len(split)
+    if not conditional:
+        return [(2 * r, 2 * r + 1) for r in range(min(rows, n // 2))]
+    pairs = []
+    for i in range(n):
+        later = (split.y[i + 1 :] == split.y[i]).nonzero()
+        if len(later):
+            pairs.append((i, i + 1 + int(later[0])))
+        if len(pairs) == rows:
+            break
+    return pairs
+
+
+def explore_run(run_dir, out=None, json_summary=False, seed=0):
+    """Draw the latent-space figures of the run in ``run_dir`` into ``out`` (default: the run
+    folder), print the active units and per-dimension KL, and return them as a dict."""
+    from . import plots  # matplotlib and torchvision: only where figures are drawn
+
+    run_dir = Path(run_dir)
+    out = run_dir if out is None else Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the figures")
+    _, vae, payload, test = load_split(run_dir)
+    image_shape = tuple(payload["image_shape"])
+    conditional = vae.num_classes is not None
+    torch.manual_seed(seed)
+    loc, scale = encode_split(vae, test)
+    with torch.no_grad():
+        prior = vae.prior_distribution()
+        active, variances = active_units(loc)
+        kl, stderr, method = kl_per_dim(prior, loc, scale, seed=seed)
+        drawn = kl.argsort(descending=True)[:MAX_TRAVERSED].tolist()
+
+        def decode(z, y):
+            return vae.sample(len(z), y=y, z=z)
+
+        figures = {}
+        points, axes = project_2d(loc)
+        given = ", given the true label y" if conditional else ""
+        figures["latent_map.png"] = lambda path: plots.latent_map(
+            path, points, test.y, axes, f"posterior means E[z | x{', y' if conditional else ''}] of {len(test)} test images{given}")
+
+        pairs = interpolation_pairs(test, 8, conditional)
+        steps = torch.linspace(0, 1, 8)
+        rows = []
+        for a, b in pairs:
+            path = loc[a] + steps.unsqueeze(1) * (loc[b] - loc[a])
+            y = None if not conditional else test.y[a].expand(len(steps))
+            rows.append(torch.cat([test.x[a : a + 1], decode(path, y), test.x[b : b + 1]]))
+        what = "between two test images of the same label, decoded with that label" if conditional else "between pairs of test images"
+        if rows:  # a test set of one image (or no two of a label) has no pair to join
+            figures["interpolations.png"] = lambda path: plots.image_grid(
+                path, torch.cat(rows), image_shape, len(steps) + 2, title=f"straight paths between posterior means, {what}",
+                col_labels=["image A"] + [f"t={t:.2f}" for t in steps.tolist()] + ["image B"])
+
+        levels = torch.linspace(0.05, 0.95, QUANTILE_LEVELS)
+        values = prior_quantiles(prior, levels)
+        anchor_y = None if not conditional else test.y[0].expand(len(levels))
+        traversal_rows = []
+        for j in drawn:
+            z = loc[0].repeat(len(levels), 1)
+            z[:, j] = values[:, j]
+            traversal_rows.append(decode(z, anchor_y))
+        anchor = f"test image 0 (label {int(test.y[0])})" if test.y is not None else "test image 0"
+        figures["traversals.png"] = lambda path: plots.image_grid(
+            path, torch.cat(traversal_rows), image_shape, len(levels),
+            title=f"one dimension varied over the prior's quantiles, the others at the code of {anchor}",
+            row_labels=[f"z[{j}]  KL {kl[j]:.2f}" for j in drawn], col_labels=[f"{q:.0%}" for q in levels.tolist()],
+            xlabel="quantile of the prior's marginal")
+
+        if vae.latent_dim == 2:
+            grid_levels = (torch.arange(MANIFOLD_SIDE) + 0.5) / MANIFOLD_SIDE
+            grid_values = prior_quantiles(prior, grid_levels)
+            # rows run from high z[1] at the top to low at the bottom, as on a plot's y axis
+            z2, z1 = torch.meshgrid(grid_values[:, 1].flip(0), grid_values[:, 0], indexing="ij")
+            grid_z = torch.stack([z1.reshape(-1), z2.reshape(-1)], 1)
+            label = None if not conditional else test.y[0].expand(len(grid_z))
+            manifold = decode(grid_z, label)
+            decoded_as = f", decoded with label {int(test.y[0])}" if conditional else ""
+            figures["manifold.png"] = lambda path: plots.image_grid(
+                path, manifold, image_shape, MANIFOLD_SIDE, title=f"decoder means over a grid of prior quantiles{decoded_as}",
+                xlabel=f"z[0]: prior quantiles {grid_levels[0]:.1%} to {grid_levels[-1]:.1%}, left to right",
+                ylabel="z[1]: high (top) to low (bottom)")
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name, draw in figures.items():
+        draw(out / name)
+    summary = {
+        "n": len(test),
+        "latent_dim": vae.latent_dim,
+        "active_units": active,
+        "active_threshold": ACTIVE_THRESHOLD,
+        "posterior_mean_variance": variances.tolist(),
+        "kl_per_dim": kl.tolist(),
+        "kl_method": method,
+        "kl_total": float(kl.sum()),
+        "dimensions_drawn": drawn,
+        "figures": sorted(figures),
+    }
+    if stderr is not None:
+        summary["kl_stderr"] = stderr.tolist()
+        summary["kl_samples_per_datum"] = KL_SAMPLES
+    print(table(summary, run_dir, out))
+    if json_summary:
+        print(json.dumps(summary))
+    return summary
+
+
+def table(s, run_dir, out):
+    how = {"closed_form": "closed form", "monte_carlo": f"Monte Carlo, {KL_SAMPLES} z per image, exact prior marginals",
+           "monte_carlo_kde": f"Monte Carlo, {KL_SAMPLES} z per image, prior marginals by kernel density from {KDE_SAMPLES} prior draws"}[s["kl_method"]]
+    lines = [
+        f"{run_dir}: {s['n']} test images, latent_dim {s['latent_dim']}",
+        f"active units: {s['active_units']} of {s['latent_dim']} (variance of the posterior mean across the data > {s['active_threshold']})",
+        f"KL(q(z_j|x) || p(z_j)) per dimension, nats averaged over the test set ({how}); total {s['kl_total']:.2f}",
+        f"{'dim':>6} {'KL':>8} {'Var E[z|x]':>11}" + (f" {'std. err. of KL':>16}" if "kl_stderr" in s else ""),
+    ]
+    for j in sorted(range(s["latent_dim"]), key=lambda j: -s["kl_per_dim"][j]):
+        err = f" {s['kl_stderr'][j]:16.3f}" if "kl_stderr" in s else ""
+        lines.append(f"{f'z[{j}]':>6} {s['kl_per_dim'][j]:8.3f} {s['posterior_mean_variance'][j]:11.3f}{err}")
+    lines.append(f"traversals.png shows {', '.join(f'z[{j}]' for j in s['dimensions_drawn'])} (0-based); figures in {out}: {', '.join(s['figures'])}")
+    return "\n".join(lines)
