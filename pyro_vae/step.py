@@ -23,6 +23,7 @@ then runs eager and says why, once.
 """
 
 import contextlib
+import logging
 import sys
 import time
 import traceback
@@ -215,7 +216,10 @@ class Step:
     def _first_call(self, graph, inputs):
         started = time.perf_counter()
         try:
-            result = graph.fn(*inputs)
+            # a CUDA build of torch on a machine without CUDA logs where it looked for it while
+            # inductor compiles for the CPU: nothing a user can act on
+            with _quiet("torch.utils.cpp_extension"):
+                result = graph.fn(*inputs)
         except Exception as e:  # noqa: BLE001 - no C++ compiler, no inductor on this platform, ...
             cause = getattr(e, "inner_exception", None) or e  # torch.compile wraps the backend's error
             raise NotTraceable(f"the compiler failed ({type(cause).__name__}: {_first_line(cause)})") from e
@@ -224,6 +228,17 @@ class Step:
         self.compile_seconds += graph.seconds
         self.log(f"compiled the training step for batches of shape {tuple(inputs[2].shape)} in {graph.seconds:.1f} s")
         return result
+
+
+@contextlib.contextmanager
+def _quiet(logger_name):
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _first_line(e):
