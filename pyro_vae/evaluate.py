@@ -11,12 +11,12 @@ import json
 import math
 from pathlib import Path
 
-from . import data, plots
+from . import plots
 from .distributed import resolve_device
 from .errors import UserError
 from .files import atomic_write_text
 from .marginal import KHAT_TRUST, estimate_log_px
-from .run import check_same_data, load_run
+from .run import load_split
 
 CSV_FIELDS = ("index", "label", "log_px", "elbo", "gap", "ess", "khat")
 
@@ -38,11 +38,7 @@ def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size
     check_args(num_samples, limit, batch_size, chunk_size)
     run_dir = Path(run_dir)
     device = resolve_device(device, option="--device")
-    cfg, vae, payload = load_run(run_dir, device)
-    ds = data.load_dataset(cfg)
-    data.check_data(vae, ds, cfg.data.binarize)
-    check_same_data(run_dir, cfg, payload)
-    test = ds.test.head(limit).to(device)
+    cfg, vae, _, test = load_split(run_dir, "test", limit, device)
     conditional = vae.num_classes is not None
     result = estimate_log_px(vae, test.x, test.y, num_samples=num_samples, chunk_size=chunk_size or None,
                              batch_size=batch_size, seed=seed, progress=True)

@@ -25,10 +25,9 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import kl_divergence
 
-from . import data
 from .errors import UserError
 from .files import atomic_write_bytes
-from .run import check_same_data, load_run
+from .run import load_split
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 KL_SAMPLES = 16  # z draws per datum for a Monte Carlo KL
@@ -37,20 +36,6 @@ ELEMENTS = 1 << 24  # the largest intermediate tensor a batch may build (64 MiB 
 MAX_TRAVERSED = 8
 QUANTILE_LEVELS = 9  # columns of traversals.png
 MANIFOLD_SIDE = 20
-
-
-# -- the data a run was trained on ----------------------------------------------------------
-def load_split(run_dir, split="test", limit=0):
-    """``(cfg, vae, payload, Split)``: the run's model and the images of ``split`` (its first
-    ``limit``, all for 0), pixels as the model saw them."""
-    if split not in ("test", "train"):
-        raise UserError(f"--split must be 'test' or 'train', got {split!r}")
-    cfg, vae, payload = load_run(run_dir)
-    ds = data.load_dataset(cfg)
-    data.check_data(vae, ds, cfg.data.binarize)
-    check_same_data(run_dir, cfg, payload)
-    chosen = ds.test if split == "test" else data.fixed_train_split(ds, cfg.data.binarize, cfg.seed)
-    return cfg, vae, payload, chosen.head(limit)
 
 
 def encode_split(vae, split, batch_size=1000):

@@ -100,6 +100,20 @@ def check_same_data(run_dir, cfg, payload):
                         "restore the original files, or train a new run on these")
 
 
+def load_split(run_dir, split="test", limit=0, device="cpu"):
+    """``(cfg, vae, payload, Split)``: the run's model and the images of ``split`` (its first
+    ``limit``, all for 0) on ``device``, pixels as the model saw them, after checking that they are
+    the data it was trained on. What ``evaluate``, ``encode`` and ``explore`` start from."""
+    if split not in ("test", "train"):
+        raise UserError(f"--split must be 'test' or 'train', got {split!r}")
+    cfg, vae, payload = load_run(run_dir, device)
+    ds = data.load_dataset(cfg)
+    data.check_data(vae, ds, cfg.data.binarize)
+    check_same_data(run_dir, cfg, payload)
+    chosen = ds.test if split == "test" else data.fixed_train_split(ds, cfg.data.binarize, cfg.seed)
+    return cfg, vae, payload, chosen.head(limit).to(device)
+
+
 def with_resolved_data(cfg):
     """``cfg`` with the data's location made absolute, as the run records it."""
     data_dir, path = data.resolved_location(cfg.data)
