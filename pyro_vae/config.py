@@ -8,6 +8,7 @@ import sys
 from dataclasses import dataclass, field
 
 import tomli_w
+import torch
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -15,6 +16,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from .errors import UserError
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
 from .priors import PRIORS
@@ -53,6 +55,7 @@ class ModelConfig:
     latent_dim: int = 50
     prior: object = "normal"  # a name or {type = name, ...params}
     likelihood: object = "bernoulli"
+    guide: object = "diagonal"  # the posterior family q(z|x): diagonal | full_rank | iaf, or {type = name, ...params}
     conditional: bool = False
     encoder: NetworkConfig = field(default_factory=NetworkConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
@@ -166,7 +169,7 @@ def _check_type(key, value, default):
         value = float(value) if ok else value
     elif isinstance(default, list):
         ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    elif isinstance(default, str) and key in ("model.prior", "model.likelihood"):
+    elif isinstance(default, str) and key in ("model.prior", "model.likelihood", "model.guide"):
         ok = isinstance(value, (str, dict))
     else:
         ok = isinstance(value, str)
@@ -194,6 +197,9 @@ def validate(cfg):
     _at_least("model.latent_dim", cfg.model.latent_dim, 1)
     PRIORS.resolve(cfg.model.prior, "model.prior")
     LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
+    guide_cls, guide_params = GUIDES.resolve(cfg.model.guide, "model.guide")
+    with torch.random.fork_rng():  # its own range checks, with the key named; no random draws spent
+        guide_cls(cfg.model.latent_dim, **guide_params)
     for part in ("encoder", "decoder"):
         net = getattr(cfg.model, part)
         _choice(f"model.{part}.type", net.type, NETWORK_TYPES)

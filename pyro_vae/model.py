@@ -5,7 +5,8 @@ Generative model::
     z ~ p(z)                       (site "z", event_dim 1)
     x ~ p(x | decoder(z[, y]))     (site "x", .to_event(1) over the flattened pixels)
 
-Guide: ``z ~ N(loc, diag(scale^2))`` with ``(loc, scale) = encoder(x[, y])``. Both run inside
+Guide: ``z ~ q(z | encoder(x[, y]))``, a posterior family from guides.py (by default the diagonal
+Gaussian N(loc, diag(scale^2)) with ``(loc, scale) = encoder(x[, y])``). Both run inside
 ``pyro.plate("data", B)`` and register every parameter through ``pyro.module``, so they work
 with any Pyro inference: ``SVI`` with ``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO``,
 ``Predictive``, ``poutine.trace``.
@@ -15,11 +16,11 @@ import contextlib
 import itertools
 
 import pyro
-import pyro.distributions as dist
 import torch
 from torch import nn
 
 from .errors import UserError
+from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .networks import INIT_BIASES, build_decoder, build_encoder, call_net
 from .priors import PRIORS
@@ -32,9 +33,11 @@ _instance_ids = itertools.count()
 class VAE(nn.Module):
     """A VAE whose ``model`` and ``guide`` are Pyro programs (see the module docstring).
 
-    ``prior`` and ``likelihood`` take a registered name or ``{"type": name, **params}``;
+    ``prior``, ``likelihood`` and ``guide`` (the posterior family q(z|x): ``diagonal``,
+    ``full_rank``, ``iaf``) take a registered name or ``{"type": name, **params}``;
     ``encoder`` / ``decoder`` take a network config dict (``type``, ``hidden``, ``channels``,
-    ``activation``) or any ``nn.Module``: ``encoder(x[, y_onehot]) -> (loc, scale)``,
+    ``activation``) or any ``nn.Module``: ``encoder(x[, y_onehot]) -> (loc, scale)`` (followed by
+    the family's ``extra_outputs`` features for a family that reads them),
     ``decoder(z[, y_onehot]) -> one likelihood parameter per pixel``. ``num_classes`` makes it a
     conditional VAE: labels y are then required by ``model``, ``guide`` and ``sample``.
 
@@ -51,6 +54,7 @@ class VAE(nn.Module):
         encoder=None,
         decoder=None,
         num_classes=None,
+        guide="diagonal",
     ):
         super().__init__()
         if latent_dim < 1 or input_dim < 1:
@@ -59,7 +63,9 @@ class VAE(nn.Module):
         self.latent_dim = latent_dim
         self.num_classes = num_classes or None
         n_cls = num_classes or 0
-        self.encoder = build_encoder(encoder, input_dim, latent_dim, n_cls)
+        guide_cls, guide_params = GUIDES.resolve(guide, "model.guide")
+        self.family = guide_cls(latent_dim, **guide_params)
+        self.encoder = build_encoder(encoder, input_dim, latent_dim, n_cls, self.family.extra_outputs)
         self.decoder = build_decoder(decoder, latent_dim, input_dim, n_cls)
         self.pending_data_init = self._init_bias(decoder) == "data"
         prior_cls, prior_params = PRIORS.resolve(prior, "model.prior")
@@ -153,8 +159,7 @@ class VAE(nn.Module):
     def guide(self, x, y=None):
         self._register()
         with pyro.plate("data", x.shape[0]):
-            loc, scale = call_net(self.encoder, x, self.onehot(y))
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("z", self.posterior(x, y))
 
     # -- conveniences ---------------------------------------------------------------------
     @torch.no_grad()
@@ -178,18 +183,23 @@ class VAE(nn.Module):
         the encoder, which is why the prior is handed it)."""
         return self.prior(self.encoder)
 
+    def posterior(self, x, y=None):
+        """q(z|x[, y]) as a Pyro distribution with batch shape (N,) and event shape (latent_dim,)."""
+        return self.family(call_net(self.encoder, x, self.onehot(y)))
+
     def labels_per_class(self, n):
         """``n`` labels of each class in turn (0, 0, ..., 1, 1, ...): a grid with a row per class."""
         return torch.arange(self.num_classes, device=self.device).repeat_interleave(n)
 
     @torch.no_grad()
     def encode(self, x, y=None):
-        """``(loc, scale)`` of q(z|x[, y]): the encoder's mean and standard deviation for each datum,
+        """``(loc, scale)``: the mean and the standard deviation of each dimension of q(z|x[, y])
+        for each datum (exact for the Gaussian families, from a fixed set of draws for a flow),
         computed in eval mode (a network with dropout or batch norm gives its deterministic answer)."""
         was_training = self.training
         self.eval()
         try:
-            return call_net(self.encoder, x, self.onehot(y))
+            return self.family.moments(call_net(self.encoder, x, self.onehot(y)))
         finally:
             self.train(was_training)
 

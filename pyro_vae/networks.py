@@ -1,5 +1,6 @@
 """Encoder and decoder builders. An encoder maps ``(x, y_onehot=None)`` to the ``(loc, scale)``
-of a diagonal Gaussian q(z|x[, y]); a decoder maps ``(z, y_onehot=None)`` to one likelihood
+of the Gaussian at the heart of q(z|x[, y]), followed, when the guide family asks for
+``extra_outputs`` more (guides.py), by those features; a decoder maps ``(z, y_onehot=None)`` to one likelihood
 parameter per pixel. Conditioning concatenates the one-hot label to the input. Both accept any
 number of leading batch dimensions (vectorized particles add one).
 """
@@ -40,18 +41,32 @@ def mlp(sizes, activation):
 
 
 class GaussianHead(nn.Module):
-    """Splits a feature vector into the mean and (through exp of a log-scale) the scale of q(z|x)."""
+    """Splits the encoder's last layer into the mean, the scale (through exp of a log-scale) and
+    the guide family's ``extra`` features, if it reads any."""
+
+    def __init__(self, latent_dim, extra):
+        super().__init__()
+        self.latent_dim, self.extra = latent_dim, extra
 
     def forward(self, h):
-        loc, log_scale = h.chunk(2, dim=-1)
-        return loc, log_scale.exp()
+        d = self.latent_dim
+        loc, scale = h[..., :d], h[..., d : 2 * d].exp()
+        return (loc, scale) if not self.extra else (loc, scale, h[..., 2 * d :])
+
+    @torch.no_grad()
+    def init_layer(self, layer):
+        """The extra outputs start at zero (a full-rank scale starts diagonal, a flow's context
+        blank), so every family starts as the diagonal Gaussian and departs from it as it learns."""
+        layer.weight[2 * self.latent_dim :].zero_()
+        layer.bias[2 * self.latent_dim :].zero_()
 
 
 class MLPEncoder(nn.Module):
-    def __init__(self, input_dim, latent_dim, num_classes=0, hidden=(200, 200), activation="tanh"):
+    def __init__(self, input_dim, latent_dim, num_classes=0, hidden=(200, 200), activation="tanh", extra_outputs=0):
         super().__init__()
-        self.net = mlp([input_dim + num_classes, *hidden, 2 * latent_dim], activation)
-        self.head = GaussianHead()
+        self.net = mlp([input_dim + num_classes, *hidden, 2 * latent_dim + extra_outputs], activation)
+        self.head = GaussianHead(latent_dim, extra_outputs)
+        self.head.init_layer(self.net[-1])
 
     def forward(self, x, y_onehot=None):
         return self.head(self.net(with_label(x, y_onehot)))
@@ -86,7 +101,7 @@ class ConvEncoder(nn.Module):
     """Two stride-2 convolutions (28 -> 14 -> 7), then a linear layer to (loc, log-scale).
     The label enters as extra constant input channels."""
 
-    def __init__(self, input_dim, latent_dim, num_classes=0, channels=(32, 64), activation="relu"):
+    def __init__(self, input_dim, latent_dim, num_classes=0, channels=(32, 64), activation="relu", extra_outputs=0):
         super().__init__()
         self.side = image_side(input_dim)
         act = ACTIVATIONS[activation]
@@ -94,8 +109,9 @@ class ConvEncoder(nn.Module):
         self.conv = nn.Sequential(
             nn.Conv2d(1 + num_classes, c1, 4, 2, 1), act(), nn.Conv2d(c1, c2, 4, 2, 1), act(), nn.Flatten()
         )
-        self.fc = nn.Linear(c2 * (self.side // 4) ** 2, 2 * latent_dim)
-        self.head = GaussianHead()
+        self.fc = nn.Linear(c2 * (self.side // 4) ** 2, 2 * latent_dim + extra_outputs)
+        self.head = GaussianHead(latent_dim, extra_outputs)
+        self.head.init_layer(self.fc)
 
     def forward(self, x, y_onehot=None):
         lead = x.shape[:-1]
@@ -137,18 +153,19 @@ ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}
 DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
 
 
-def build_network(spec, classes, *sizes):
+def build_network(spec, classes, *sizes, **extra):
     """``spec`` is a network config dict (``type``, ``hidden``/``channels``, ``activation``), or a
     ready ``nn.Module``, which is used as it is."""
     if isinstance(spec, nn.Module):
         return spec
     spec = dict(spec or {})
     kind = spec.pop("type", "mlp")
-    return classes[kind](*sizes, **_network_kwargs(kind, spec))
+    return classes[kind](*sizes, **_network_kwargs(kind, spec), **extra)
 
 
-def build_encoder(spec, input_dim, latent_dim, num_classes=0):
-    return build_network(spec, ENCODERS, input_dim, latent_dim, num_classes)
+def build_encoder(spec, input_dim, latent_dim, num_classes=0, extra_outputs=0):
+    """An encoder whose last layer also gives the guide family's ``extra_outputs`` features."""
+    return build_network(spec, ENCODERS, input_dim, latent_dim, num_classes, extra_outputs=extra_outputs)
 
 
 def build_decoder(spec, latent_dim, output_dim, num_classes=0):

@@ -3,7 +3,8 @@
 An epoch's shuffle comes from a generator seeded by the epoch; each step draws its random numbers
 for the *global* batch from a generator seeded by the step, in a fixed order: first the uniforms
 of dynamic binarization, then the standard-normal noise of the guide's reparameterized sample
-z = loc + scale * eps. A process then keeps the rows of its own shard. So one process, or N
+z = loc + scale * eps (pushed through the guide family's transform: a Cholesky factor, a flow).
+A process then keeps the rows of its own shard. So one process, or N
 processes each holding 1/N of the batch, see exactly the same numbers, and a resumed run
 continues exactly where it stopped, with no generator state to carry.
 """
@@ -55,14 +56,15 @@ class StepNoise(Messenger):
         return eps[(slice(None),) * data_dim + (self.rows,)]
 
     def _pyro_sample(self, msg):
-        base = latent_normal(msg)
-        if base is None:
+        reparameterized = latent_sample(msg)
+        if reparameterized is None:
             return
+        sample, like = reparameterized
         shape = msg["fn"].shape()
         data_dim = len(shape) - msg["fn"].event_dim - 1
         global_shape = shape[:data_dim] + (self.global_size,) + shape[data_dim + 1 :]
         self.draws.append((global_shape, data_dim))
-        msg["value"] = base.loc + base.scale * self.normal(global_shape, data_dim, base.loc)
+        msg["value"] = sample(self.normal(global_shape, data_dim, like))
 
 
 class GivenNoise(Messenger):
@@ -74,16 +76,41 @@ class GivenNoise(Messenger):
         self.eps = list(eps)
 
     def _pyro_sample(self, msg):
-        base = latent_normal(msg)
-        if base is not None:
-            msg["value"] = base.loc + base.scale * self.eps.pop(0)
+        reparameterized = latent_sample(msg)
+        if reparameterized is not None:
+            msg["value"] = reparameterized[0](self.eps.pop(0))
 
 
-def latent_normal(msg):
-    """The Normal base of a latent site whose value the step's noise supplies, else ``None``:
-    observed or already-valued sites, plates' subsample sites and non-Normal sites sample as usual."""
+def latent_sample(msg):
+    """``(eps -> z, a tensor of z's device and dtype)`` for a latent site whose value the step's noise supplies, else ``None``:
+    observed or already-valued sites and plates' subsample sites sample as usual."""
     if msg["is_observed"] or msg["value"] is not None:
         return None
-    fn = msg["fn"]
-    base = fn.base_dist if isinstance(fn, dist.Independent) else fn
-    return base if isinstance(base, dist.Normal) else None
+    return from_standard_normal(msg["fn"])
+
+
+def from_standard_normal(fn):
+    """``(eps -> z, a tensor of z's device and dtype)``: the reparameterized sample of ``fn`` as a function of standard-normal noise of
+    shape ``fn.shape()``, for the distributions guide families build (a Normal, independent or not;
+    a MultivariateNormal; a TransformedDistribution of those, whose transforms then cache their
+    input as its ``rsample`` would, so its ``log_prob`` of the result needs no inversion);
+    ``None`` for any other distribution."""
+    if isinstance(fn, dist.Independent):
+        return from_standard_normal(fn.base_dist)
+    if isinstance(fn, dist.Normal):
+        return (lambda eps: fn.loc + fn.scale * eps), fn.loc
+    if isinstance(fn, dist.MultivariateNormal):
+        return (lambda eps: fn.loc + (fn.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)), fn.loc
+    if isinstance(fn, dist.TransformedDistribution):
+        base = from_standard_normal(fn.base_dist)
+        if base is None or fn.base_dist.shape() != fn.shape():
+            return None
+
+        def sample(eps):
+            z = base[0](eps)
+            for transform in fn.transforms:
+                z = transform(z)
+            return z
+
+        return sample, base[1]
+    return None

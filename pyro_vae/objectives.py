@@ -115,6 +115,20 @@ class LatentScale(Messenger):
             msg["scale"] = msg["scale"] * self.beta
 
 
+def monte_carlo_kl_note(vae, x, y=None):
+    """One line for the log when ``mean_field`` has no closed-form KL(q(z|x) || p(z)) for this
+    guide family and prior (a flow, a mixture or a VampPrior): Pyro's ``TraceMeanField_ELBO`` then
+    estimates that term by Monte Carlo, exactly as ``elbo`` does; ``None`` when it has one."""
+    with torch.no_grad(), vae.parameters_registered(False):
+        q = vae.posterior(x, y)
+        try:
+            kl_divergence(q, vae.prior_distribution().expand(q.batch_shape))
+        except NotImplementedError:
+            return (f"train.objective = mean_field: KL(q(z|x) || p(z)) has no closed form for the {vae.family.name} guide "
+                    f"and the {vae.prior.name} prior, so that term is a Monte Carlo estimate, as with train.objective = elbo")
+    return None
+
+
 def make_objective(name, num_particles=1):
     """``elbo`` -> Trace_ELBO, ``mean_field`` -> TraceMeanField_ELBO (analytic KL where it exists),
     ``iwae`` -> the importance-weighted bound with ``num_particles`` samples, vectorized."""

@@ -73,7 +73,9 @@ class VampPrior(_Mixture):
     at K learned pseudo-inputs u_k, with gradients through the same encoder. As in the paper, each
     u_k is a free image clipped to [0, 1] by a hardtanh and starts near-blank, every pixel drawn
     from N(init_mean, init_std^2). In a conditional VAE pseudo-input k carries the label k mod
-    num_classes.
+    num_classes. Whatever the guide family, the components are the Gaussian the encoder gives at
+    the heart of it, N(loc(u_k), diag scale(u_k)^2): q(z|u_k) itself for the diagonal family (the
+    paper's), and a density that needs no flow to be inverted for the others.
     """
 
     def __init__(self, latent_dim, input_dim, num_classes=None, *, components=500, init_mean=0.05, init_std=0.01):
@@ -90,5 +92,5 @@ class VampPrior(_Mixture):
         return nn.functional.hardtanh(self.pseudo_inputs, 0.0, 1.0)
 
     def forward(self, encoder):
-        loc, scale = call_net(encoder, self.images(), self.labels)
+        loc, scale = call_net(encoder, self.images(), self.labels)[:2]
         return self.mixture(self.weights, loc, scale)

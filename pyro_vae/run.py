@@ -39,6 +39,7 @@ def build_vae(cfg, input_dim, num_classes):
         encoder=vars(m.encoder).copy(),
         decoder=vars(m.decoder).copy(),
         num_classes=num_classes if m.conditional else None,
+        guide=m.guide,
     )
 
 

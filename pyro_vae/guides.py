@@ -1,0 +1,151 @@
+r"""Posterior families q(z|x), the guide's distribution over the latent site ``"z"``.
+
+The encoder maps ``x`` (and a conditional VAE's label) to ``(loc, scale)`` and, for a family that
+needs more, a third output of ``extra_outputs`` features; the family turns that tuple into a Pyro
+distribution with ``event_shape == (latent_dim,)``. Every family is reparameterized, so ``Trace_ELBO``,
+the IWAE bound and the compiled step take pathwise gradients through it.
+
+- ``diagonal``: :math:`\mathcal N(\mu, \operatorname{diag}\sigma^2)`, the classic VAE encoder.
+- ``full_rank``: :math:`\mathcal N(\mu, LL^\top)`, with :math:`L` lower-triangular: the diagonal is
+  :math:`\sigma` and the :math:`D(D-1)/2` entries below it are the encoder's extra outputs.
+- ``iaf``: inverse autoregressive flow (Kingma et al. 2016): :math:`z_0 \sim \mathcal N(\mu,
+  \operatorname{diag}\sigma^2)`, then ``flows`` steps :math:`z_t = s_t \odot z_{t-1} + (1 - s_t)
+  \odot m_t` where :math:`(m_t, \operatorname{logit} s_t)` come from a masked autoregressive
+  network of :math:`z_{t-1}` and the encoder's ``context`` features (Pyro's
+  ``ConditionalAffineAutoregressive`` with ``stable=True``). Because :math:`s_t` depends on
+  :math:`z_{t-1}` only through earlier coordinates, the Jacobian is triangular and
+
+  .. math:: \log q(z_T|x) = \log \mathcal N(z_0; \mu, \operatorname{diag}\sigma^2) -
+            \sum_t \sum_i \log s_{t,i}.
+
+Register a new family with ``@GUIDES.register("name")`` (or ``pyro_vae.register_guide``): an
+``nn.Module`` built as ``cls(latent_dim, **params)`` (its keyword-only arguments are the config's
+parameters) with an ``extra_outputs`` attribute, ``forward(encoded) -> distribution`` and
+``moments(encoded) -> (mean, std)``.
+"""
+
+import pyro.distributions as dist
+import torch
+from pyro.distributions.transforms import ConditionalAffineAutoregressive
+from pyro.nn import ConditionalAutoRegressiveNN
+from torch import nn
+from torch.distributions import register_kl
+from torch.distributions.utils import vec_to_tril_matrix
+
+from .errors import UserError
+from .registry import Registry
+
+GUIDES = Registry("guide family")
+# draws behind a flow's reported mean and standard deviation (`pyro-vae encode`, `reconstruct`)
+MOMENT_SAMPLES = 256
+
+
+def split_encoded(encoded, family):
+    """``(loc, scale, extra)`` from the encoder's output; ``extra`` is ``None`` for a family that
+    reads none, and an encoder of one's own that gives too few outputs is told what is missing."""
+    if family.extra_outputs == 0:
+        return encoded[0], encoded[1], None
+    if len(encoded) != 3 or encoded[2].shape[-1] != family.extra_outputs:
+        raise UserError(
+            f"model.guide = {family.name} needs the encoder to return (loc, scale, extra) with {family.extra_outputs} extra features; "
+            "use a built-in encoder (model.encoder.type = mlp or conv), which sizes its output for the guide, or return them from yours"
+        )
+    return encoded
+
+
+@GUIDES.register("diagonal")
+class Diagonal(nn.Module):
+    """q(z|x) = N(loc, diag(scale^2)): a scale per dimension, no correlations."""
+
+    extra_outputs = 0
+
+    def __init__(self, latent_dim):
+        super().__init__()
+
+    def forward(self, encoded):
+        loc, scale, _ = split_encoded(encoded, self)
+        return dist.Normal(loc, scale).to_event(1)
+
+    def moments(self, encoded):
+        loc, scale, _ = split_encoded(encoded, self)
+        return loc, scale
+
+
+@GUIDES.register("full_rank")
+class FullRank(nn.Module):
+    """q(z|x) = N(loc, L L^T) with L lower-triangular: ``scale`` on its diagonal and the encoder's
+    D(D-1)/2 extra outputs below it, so any correlation between dimensions can be expressed. The
+    built-in encoders start those outputs at zero: training starts from the diagonal family."""
+
+    def __init__(self, latent_dim):
+        super().__init__()
+        self.extra_outputs = latent_dim * (latent_dim - 1) // 2
+
+    def scale_tril(self, scale, below):
+        return vec_to_tril_matrix(below, diag=-1) + torch.diag_embed(scale)
+
+    def forward(self, encoded):
+        loc, scale, below = split_encoded(encoded, self)
+        return dist.MultivariateNormal(loc, scale_tril=self.scale_tril(scale, below))
+
+    def moments(self, encoded):
+        loc, scale, below = split_encoded(encoded, self)
+        return loc, self.scale_tril(scale, below).pow(2).sum(-1).sqrt()
+
+
+@GUIDES.register("iaf")
+class InverseAutoregressiveFlow(nn.Module):
+    """``flows`` inverse autoregressive steps on top of the diagonal Gaussian, each a masked
+    autoregressive network with layers ``hidden`` (each at least latent_dim wide) that reads the
+    encoder's ``context`` features; see the module docstring. Each step orders the dimensions by
+    its own random permutation (drawn when the VAE is built, saved with it), so that every
+    dimension can depend on every other after two steps."""
+
+    def __init__(self, latent_dim, *, flows=2, hidden=(320,), context=50):
+        super().__init__()
+        hidden = list(hidden)
+        if flows < 1:
+            raise UserError(f"model.guide: an iaf needs flows of at least 1, got {flows}")
+        if context < 1:
+            raise UserError(f"model.guide: an iaf needs context of at least 1 feature, got {context}")
+        if not hidden or min(hidden) < latent_dim:
+            raise UserError(
+                f"model.guide: every iaf hidden layer must be at least latent_dim = {latent_dim} wide "
+                f"(an autoregressive network needs a unit per input), got hidden = {hidden}"
+            )
+        self.extra_outputs = context
+        self.flows = nn.ModuleList(
+            ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(latent_dim, context, hidden), stable=True)
+            for _ in range(flows)
+        )
+
+    def forward(self, encoded):
+        loc, scale, context = split_encoded(encoded, self)
+        # conditioned transforms cache their last input, so log q of a sample needs no inversion
+        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), [f.condition(context) for f in self.flows])
+
+    def moments(self, encoded):
+        """Mean and standard deviation of q(z|x) from ``MOMENT_SAMPLES`` draws (no closed form for
+        a flow), the same draws on every call: the global RNG is left as it was."""
+        with torch.random.fork_rng([encoded[0].device] if encoded[0].is_cuda else []):
+            torch.manual_seed(0)
+            z = self(encoded).rsample((MOMENT_SAMPLES,))
+        return z.mean(0), z.std(0)
+
+
+@register_kl(dist.MultivariateNormal, dist.Independent)
+def _kl_mvn_diagonal_normal(q, p):
+    r"""KL(N(m, LL^T) || N(mu, diag s^2)), for ``mean_field`` with the full-rank family and a
+    Gaussian prior:
+
+    .. math:: \tfrac12 \Big[\sum_{ij} (L_{ij}/s_i)^2 + \sum_i \big(\tfrac{m_i - \mu_i}{s_i}\big)^2
+              - D\Big] + \sum_i \log s_i - \sum_i \log L_{ii}.
+    """
+    if not (isinstance(p.base_dist, dist.Normal) and p.reinterpreted_batch_ndims == 1):
+        raise NotImplementedError
+    s = p.base_dist.scale
+    tril = q.scale_tril
+    trace = (tril / s.unsqueeze(-1)).pow(2).sum((-2, -1))
+    mahalanobis = ((q.loc - p.base_dist.loc) / s).pow(2).sum(-1)
+    log_det = s.log().sum(-1) - tril.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+    return 0.5 * (trace + mahalanobis - q.loc.shape[-1]) + log_det
