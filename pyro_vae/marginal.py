@@ -194,7 +194,7 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
     Args:
         vae: a :class:`pyro_vae.VAE` (any prior, likelihood, encoder and decoder).
         x: (N, input_dim) data on the VAE's device, as the likelihood expects them (binary pixels
-            for a Bernoulli likelihood).
+            for a Bernoulli likelihood); taken in the VAE's floating-point precision.
         y: (N,) integer labels, required for a conditional VAE and ignored otherwise.
         num_samples: K, importance samples per datum.
         chunk_size: samples drawn at once; by default as many as keep a chunk x batch x input_dim
@@ -207,7 +207,7 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
     Returns:
         :class:`LogPxResult` with per-datum log p(x), ELBO, ESS and k-hat.
     """
-    x = torch.as_tensor(x, dtype=torch.float32)
+    x = torch.as_tensor(x, dtype=next(vae.parameters()).dtype)
     if x.dim() != 2 or x.shape[1] != vae.input_dim or x.shape[0] == 0:
         raise UserError(f"x must have shape (N, {vae.input_dim}) with N >= 1, one flattened datum per row, got {tuple(x.shape)}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("chunk_size", chunk_size)):

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from pyro_vae import cli, config
+from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
 from pyro_vae.priors import PRIORS
 from pyro_vae.run import train_run
@@ -148,6 +149,15 @@ ROWS = [
         ("unknown prior 'flat' for model.prior", f"valid names: {', '.join(PRIORS.names())}"), subprocess=True),
     Row("unknown likelihood", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.likelihood=poisson")],
         ("unknown likelihood 'poisson' for model.likelihood", f"valid names: {', '.join(LIKELIHOODS.names())}")),
+    Row("unknown guide family", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.guide=planar")],
+        ("unknown guide family 'planar' for model.guide", f"valid names: {', '.join(GUIDES.names())}")),
+    Row("unknown guide parameter", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.guide={type="iaf", layers=2}')],
+        ("unknown parameter 'layers' for guide family 'iaf' in model.guide", "valid parameters: flows, hidden, context")),
+    Row("iaf layers narrower than the latent space", lambda ws: ["train", "--out", ws.path("new_run"),
+                                                                  *sets('model.guide={type="iaf", hidden=[32]}', "model.latent_dim=50")],
+        ("every iaf hidden layer must be at least latent_dim = 50 wide", "got hidden = [32]")),
+    Row("iaf with no flows", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.guide.type=iaf", "model.guide.flows=0")],
+        ("an iaf needs flows of at least 1, got 0",)),
     Row("unknown objective", lambda ws: ["train", "--out", ws.path("new_run"), *sets("train.objective=vimco")],
         ("train.objective = 'vimco' is not valid", f"choose one of: {', '.join(config.OBJECTIVES)}")),
     Row("unknown config key", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.latnt_dim=3")],
