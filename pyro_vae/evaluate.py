@@ -45,7 +45,7 @@ def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size
     summary = result.summary()
     atomic_write_text(run_dir / "log_px.csv", per_datum_csv(result, test.y))
     plots.diagnostics_figure(run_dir / "diagnostics.png", result.khat, result.ess, result.num_samples, KHAT_TRUST)
-    print(table(summary, run_dir, cfg.data.binarize, conditional))
+    print(table(summary, run_dir, cfg.data.binarize, conditional, vae.family.name))
     if json_summary:
         print(json.dumps({key: finite_or_none(value) for key, value in summary.items()}))
     return result
@@ -67,11 +67,11 @@ def per_datum_csv(result, labels):
     return buffer.getvalue()
 
 
-def table(s, run_dir, binarize, conditional):
+def table(s, run_dir, binarize, conditional, family):
     quantity = "log p(x | y), y = true test label" if conditional else "log p(x)"
     test_set = {"dynamic": "one fixed-seed binarization", "static": "static binarization", "none": "not binarized"}[binarize]
     rows = [
-        f"{run_dir}: {s['n']} test data ({test_set}), K = {s['num_samples']} importance samples per datum, proposal q(z|x)",
+        f"{run_dir}: {s['n']} test data ({test_set}), K = {s['num_samples']} importance samples per datum, proposal q(z|x) (guide family: {family})",
         f"{'':30} {'mean':>10} {'std. err.':>10}   (nats per datum)",
         f"{quantity:30} {s['log_px']:10.3f} {s['log_px_stderr']:10.3f}",
         f"{'ELBO':30} {s['elbo']:10.3f} {s['elbo_stderr']:10.3f}",

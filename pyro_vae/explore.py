@@ -13,6 +13,9 @@ draws the latent space (``latent_map.png``, ``interpolations.png``, ``traversals
   Gaussians (``mixture``, ``vamp``) and factorized priors the marginal density is exact; for any
   other prior it is a Gaussian kernel density estimate from prior samples (``kl_method`` says
   which). For a non-factorized prior the per-dimension terms need not sum to the full KL.
+  q(z_j|x) is the Gaussian with q's per-dimension mean and standard deviation (``VAE.encode``):
+  exact for the diagonal and full-rank families, an approximation for a flow, whose marginals have
+  no formula (``posterior_marginals`` says which).
 """
 
 import io
@@ -246,6 +249,7 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
         "posterior_mean_variance": variances.tolist(),
         "kl_per_dim": kl.tolist(),
         "kl_method": method,
+        "posterior_marginals": "exact" if getattr(vae.family, "gaussian_marginals", False) else "gaussian_approximation",
         "kl_total": float(kl.sum()),
         "dimensions_drawn": drawn,
         "figures": sorted(figures),
@@ -262,6 +266,8 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
 def table(s, run_dir, out):
     how = {"closed_form": "closed form", "monte_carlo": f"Monte Carlo, {KL_SAMPLES} z per image, exact prior marginals",
            "monte_carlo_kde": f"Monte Carlo, {KL_SAMPLES} z per image, prior marginals by kernel density from {KDE_SAMPLES} prior draws"}[s["kl_method"]]
+    if s["posterior_marginals"] != "exact":
+        how += "; q(z_j|x) taken as the Gaussian with q's mean and std per dimension, since this guide's marginals have no formula"
     lines = [
         f"{run_dir}: {s['n']} test images, latent_dim {s['latent_dim']}",
         f"active units: {s['active_units']} of {s['latent_dim']} (variance of the posterior mean across the data > {s['active_threshold']})",

@@ -207,7 +207,7 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
     Returns:
         :class:`LogPxResult` with per-datum log p(x), ELBO, ESS and k-hat.
     """
-    x = torch.as_tensor(x, dtype=next(vae.parameters()).dtype)
+    x = torch.as_tensor(x, dtype=vae.dtype)
     if x.dim() != 2 or x.shape[1] != vae.input_dim or x.shape[0] == 0:
         raise UserError(f"x must have shape (N, {vae.input_dim}) with N >= 1, one flattened datum per row, got {tuple(x.shape)}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("chunk_size", chunk_size)):

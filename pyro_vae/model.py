@@ -212,3 +212,9 @@ class VAE(nn.Module):
     @property
     def device(self):
         return next(self.parameters()).device
+
+    @property
+    def dtype(self):
+        """The floating-point precision of the VAE's tensors (float32 unless converted)."""
+        tensors = itertools.chain(self.parameters(), self.buffers())
+        return next((t.dtype for t in tensors if t.is_floating_point()), torch.get_default_dtype())

@@ -18,8 +18,12 @@ LIKELIHOODS = ["bernoulli", "continuous_bernoulli", {"type": "gaussian", "scale"
 OBJECTIVES = [("elbo", 1), ("mean_field", 1), ("iwae", 3)]
 
 
-def tiny_vae(prior="normal", likelihood="bernoulli", num_classes=None, encoder=None):
-    return VAE(12, 3, prior=prior, likelihood=likelihood, encoder=encoder or {"hidden": [8]}, decoder={"hidden": [8]}, num_classes=num_classes)
+GUIDES = ["full_rank", {"type": "iaf", "flows": 2, "hidden": [8], "context": 4}]
+
+
+def tiny_vae(prior="normal", likelihood="bernoulli", num_classes=None, encoder=None, guide="diagonal"):
+    return VAE(12, 3, prior=prior, likelihood=likelihood, encoder=encoder or {"hidden": [8]}, decoder={"hidden": [8]},
+               num_classes=num_classes, guide=guide)
 
 
 def step_noise(x, step):
@@ -57,6 +61,19 @@ def test_the_traced_step_equals_pyros_objective(prior, likelihood, objective, pa
     assert_same_step(tiny_vae(prior, likelihood).double(), objective, particles, x, kl_weight=0.5, dynamic=dynamic)
 
 
+@pytest.mark.parametrize("objective, particles", OBJECTIVES)
+@pytest.mark.parametrize("prior", [PRIORS[0], PRIORS[3]], ids=str)
+@pytest.mark.parametrize("guide", GUIDES, ids=str)
+def test_the_traced_step_equals_pyros_objective_for_every_guide_family(guide, prior, objective, particles):
+    # the step's noise goes through the family's Cholesky factor or flow, in the graph as eagerly
+    torch.manual_seed(0)
+    vae = tiny_vae(prior, guide=guide).double()
+    with torch.no_grad():
+        for p in vae.parameters():  # the extra outputs and the flows' last layers start at zero
+            p.normal_(0, 0.3)
+    assert_same_step(vae, objective, particles, torch.rand(10, 12, dtype=torch.float64), kl_weight=0.5)
+
+
 def test_the_traced_conditional_step_with_particles_equals_pyros_objective():
     x, y = torch.rand(10, 12), torch.arange(10) % 4
     for prior in PRIORS:  # the VampPrior's pseudo-inputs carry labels in a conditional VAE
@@ -68,6 +85,7 @@ def test_the_inductor_compiled_step_equals_pyros_objective():
     # a learned likelihood scale and vectorized particles (each compile costs seconds on CI)
     vae = tiny_vae({"type": "vamp", "components": 4}, "gaussian")
     assert_same_step(vae, "iwae", 3, torch.rand(10, 12), kl_weight=0.25, backend="inductor", dynamic=False)
+    assert_same_step(tiny_vae(guide=GUIDES[1]), "mean_field", 1, torch.rand(10, 12), backend="inductor")
 
 
 def test_compiled_and_eager_draw_the_same_numbers_from_the_step_noise():
