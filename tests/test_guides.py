@@ -306,3 +306,14 @@ def test_an_iaf_run_saves_its_flows_orderings_and_loads_them(data_dir, tmp_path)
         assert torch.equal(mine.nn.permutation, theirs.nn.permutation)
     x = (torch.rand(4, 784) < 0.3).float()
     assert torch.equal(estimate_log_px(vae, x, num_samples=30, seed=0).log_px, estimate_log_px(trained, x, num_samples=30, seed=0).log_px)
+
+
+@pytest.mark.parametrize("guide", ["full_rank", 'model.guide={type="iaf", flows=2, hidden=[16], context=4}'], ids=["full_rank", "iaf"])
+def test_a_run_with_a_richer_guide_resumes_exactly(data_dir, tmp_path, guide):
+    sets = [guide if guide.startswith("model.") else f"model.guide={guide}", "data.limit=250", "data.test_limit=100"]
+    straight, _ = train_run(small_config(data_dir, *sets), tmp_path / "straight", progress=False)
+    train_run(small_config(data_dir, *sets, "train.epochs=1"), tmp_path / "resumed", progress=False)
+    torch.manual_seed(99)  # whatever a fresh VAE draws is replaced by the checkpoint
+    resumed, _ = train_run(small_config(data_dir, *sets), tmp_path / "resumed", resume=True, progress=False)
+    for name, tensor in straight.state_dict().items():
+        assert torch.equal(tensor, resumed.state_dict()[name]), name
