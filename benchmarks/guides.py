@@ -8,7 +8,7 @@ gap log p(x) - ELBO (an estimate of KL(q(z|x) || p(z|x))), the share of images w
 0.7; and the median seconds per epoch over epochs 2 onward (epoch 1 also pays the step's compile).
 
     python benchmarks/guides.py [--epochs 10] [--num-samples 1000] [--limit 1000] [--out runs/guides]
-        [--rows diagonal,full_rank,iaf]
+        [--rows diagonal,full_rank,iaf,iaf_gated]
 
 A row whose run folder already holds a finished run of as many epochs is evaluated as it is.
 """
@@ -27,6 +27,7 @@ ROWS = {
     "diagonal": (BASE, []),
     "full_rank": (BASE, ["model.guide=full_rank"]),
     "iaf": (REPO / "examples" / "configs" / "mnist_iaf.toml", []),
+    "iaf_gated": (REPO / "examples" / "configs" / "mnist_iaf.toml", ["model.guide.stable=true"]),
 }
 
 

@@ -10,11 +10,12 @@ the IWAE bound and the compiled step take pathwise gradients through it.
   with :math:`B` strictly lower-triangular, its :math:`D(D-1)/2` entries the encoder's extra
   outputs: each row's off-diagonal entries are relative to that dimension's own scale.
 - ``iaf``: inverse autoregressive flow (Kingma et al. 2016): :math:`z_0 \sim \mathcal N(\mu,
-  \operatorname{diag}\sigma^2)`, then ``flows`` steps :math:`z_t = s_t \odot z_{t-1} + (1 - s_t)
-  \odot m_t` where :math:`(m_t, \operatorname{logit} s_t)` come from a masked autoregressive
-  network of :math:`z_{t-1}` and the encoder's ``context`` features (Pyro's
-  ``ConditionalAffineAutoregressive`` with ``stable=True``). Because :math:`s_t` depends on
-  :math:`z_{t-1}` only through earlier coordinates, the Jacobian is triangular and
+  \operatorname{diag}\sigma^2)`, then ``flows`` steps :math:`z_t = m_t + s_t \odot z_{t-1}`
+  where :math:`(m_t, \log s_t)` come from a masked autoregressive network of :math:`z_{t-1}` and
+  the encoder's ``context`` features (Pyro's ``ConditionalAffineAutoregressive``, log-scales
+  clamped to [-5, 3]); with ``stable = True``, the paper's gated step :math:`z_t = s_t \odot
+  z_{t-1} + (1 - s_t) \odot m_t`, :math:`s_t = \sigma(\cdot + 2)`. Because :math:`s_t` depends
+  on :math:`z_{t-1}` only through earlier coordinates, the Jacobian is triangular and
 
   .. math:: \log q(z_T|x) = \log \mathcal N(z_0; \mu, \operatorname{diag}\sigma^2) -
             \sum_t \sum_i \log s_{t,i}.
@@ -107,15 +108,20 @@ class FullRank(nn.Module):
 class InverseAutoregressiveFlow(nn.Module):
     """``flows`` inverse autoregressive steps on top of the diagonal Gaussian, each a masked
     autoregressive network with layers ``hidden`` (each at least latent_dim wide) that reads the
-    encoder's ``context`` features; see the module docstring. Each step orders the dimensions by
-    its own random permutation (drawn when the VAE is built, saved with it), so that every
-    dimension can depend on every other after two steps."""
+    encoder's ``context`` features; ``stable`` picks the gated step (see the module docstring).
+    Each step orders the dimensions by its own random permutation (drawn when the VAE is built,
+    saved with it), so that every dimension can depend on every other after two steps.
 
-    def __init__(self, latent_dim, *, flows=2, hidden=(320,), context=50):
+    The affine step is the default: on MNIST at 10 epochs it gave log p(x) -97.8 against the gated
+    step's -99.2 and the diagonal family's -98.0 (docs/guides.md)."""
+
+    def __init__(self, latent_dim, *, flows=2, hidden=(320,), context=50, stable=False):
         super().__init__()
         hidden = list(hidden)
         if flows < 1:
             raise UserError(f"model.guide: an iaf needs flows of at least 1, got {flows}")
+        if not isinstance(stable, bool):
+            raise UserError(f"model.guide: an iaf's stable must be true or false, got {stable!r}")
         if context < 1:
             raise UserError(f"model.guide: an iaf needs context of at least 1 feature, got {context}")
         if not hidden or min(hidden) < latent_dim:
@@ -125,10 +131,12 @@ class InverseAutoregressiveFlow(nn.Module):
             )
         self.extra_outputs = context
         self.flows = nn.ModuleList(
-            ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(latent_dim, context, hidden), stable=True)
+            ConditionalAffineAutoregressive(ConditionalAutoRegressiveNN(latent_dim, context, hidden), stable=stable)
             for _ in range(flows)
         )
-        with torch.no_grad():  # each step starts as z_t = sigmoid(2) z_{t-1}: no random distortion to undo
+        # each step starts as the identity (gated: z_t = sigmoid(2) z_{t-1}): training starts
+        # from the diagonal Gaussian, with no random distortion to undo
+        with torch.no_grad():
             for flow in self.flows:
                 flow.nn.layers[-1].weight.zero_()
                 flow.nn.layers[-1].bias.zero_()

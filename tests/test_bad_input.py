@@ -152,7 +152,7 @@ ROWS = [
     Row("unknown guide family", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.guide=planar")],
         ("unknown guide family 'planar' for model.guide", f"valid names: {', '.join(GUIDES.names())}")),
     Row("unknown guide parameter", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.guide={type="iaf", layers=2}')],
-        ("unknown parameter 'layers' for guide family 'iaf' in model.guide", "valid parameters: flows, hidden, context")),
+        ("unknown parameter 'layers' for guide family 'iaf' in model.guide", "valid parameters: flows, hidden, context, stable")),
     Row("iaf layers narrower than the latent space", lambda ws: ["train", "--out", ws.path("new_run"),
                                                                   *sets('model.guide={type="iaf", hidden=[32]}', "model.latent_dim=50")],
         ("every iaf hidden layer must be at least latent_dim = 50 wide", "got hidden = [32]")),

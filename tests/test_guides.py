@@ -77,23 +77,26 @@ def test_full_rank_log_q_is_the_gaussian_density_with_the_full_covariance():
     assert torch.allclose(mean, loc) and torch.allclose(std, torch.diagonal(cov, dim1=-2, dim2=-1).sqrt())
 
 
-def test_iaf_log_q_is_the_change_of_variables_sum():
+@pytest.mark.parametrize("stable", [False, True], ids=["affine", "gated"])
+def test_iaf_log_q_is_the_change_of_variables_sum(stable):
     """log q(z_T) = log N(z_0; loc, scale) - log |det dz_T/dz_0|, the Jacobian's determinant taken
     by autograd over the whole map (no use of its triangular structure)."""
     torch.manual_seed(0)
     d = 4
-    vae = perturbed(VAE(12, d, guide=IAF, encoder={"hidden": [8]}).double())
+    vae = perturbed(VAE(12, d, guide={**IAF, "stable": stable}, encoder={"hidden": [8]}).double())
     x = torch.rand(5, 12, dtype=torch.float64)
     q = vae.posterior(x)
     loc, scale, context = vae.encoder(x)
-    transforms = q.transforms
     eps = torch.randn(5, d, dtype=torch.float64)
 
-    def flow(z0):  # one datum's z_0 -> z_T through freshly conditioned steps (no shared cache)
+    def flow(z0):  # one datum's z_0 -> z_T, step by step as the module docstring writes it
         for t in transforms:
-            mean, logit = t.arn(z0.unsqueeze(0))
-            s = torch.sigmoid(logit + t.sigmoid_bias)
-            z0 = (s * z0 + (1 - s) * mean).squeeze(0)
+            mean, raw = t.arn(z0.unsqueeze(0))
+            if stable:
+                s = torch.sigmoid(raw + 2.0)
+                z0 = (s * z0 + (1 - s) * mean).squeeze(0)
+            else:
+                z0 = (mean + raw.clamp(-5.0, 3.0).exp() * z0).squeeze(0)
         return z0
 
     for i in range(5):
@@ -108,6 +111,15 @@ def test_iaf_log_q_is_the_change_of_variables_sum():
         assert q.log_prob(z_t)[i].item() == pytest.approx(expected.item(), abs=1e-9)
         # ... and a z given from outside, which the flow must invert
         assert vae.posterior(x).log_prob(z_t.clone())[i].item() == pytest.approx(expected.item(), abs=1e-8)
+
+
+def test_an_affine_iaf_starts_as_the_identity_on_its_diagonal_gaussian():
+    torch.manual_seed(0)
+    vae = VAE(12, 4, guide=IAF, encoder={"hidden": [8]})
+    x = torch.rand(6, 12)
+    loc, scale, _ = vae.encoder(x)
+    q, z = vae.posterior(x), torch.randn(3, 6, 4)
+    assert torch.allclose(q.log_prob(z), dist.Normal(loc, scale).to_event(1).log_prob(z), atol=1e-5)
 
 
 def test_the_registered_kl_of_full_rank_against_a_gaussian_prior_is_torchs_mvn_kl():
