@@ -27,6 +27,7 @@ import logging
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -218,7 +219,10 @@ class Step:
         try:
             # a CUDA build of torch on a machine without CUDA logs where it looked for it while
             # inductor compiles for the CPU: nothing a user can act on
-            with _quiet("torch.utils.cpp_extension"):
+            # (and inductor's lowering of torch.diagonal, which the full-rank guide uses, warns
+            # about a deprecated helper of torch's own)
+            with _quiet("torch.utils.cpp_extension"), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*torch._prims_common.check", category=FutureWarning)
                 result = graph.fn(*inputs)
         except Exception as e:  # noqa: BLE001 - no C++ compiler, no inductor on this platform, ...
             cause = getattr(e, "inner_exception", None) or e  # torch.compile wraps the backend's error
