@@ -201,7 +201,7 @@ def test_the_full_rank_family_recovers_the_exact_posterior_of_a_linear_gaussian_
 @pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=str)
 @pytest.mark.parametrize("prior", PRIORS, ids=str)
 @pytest.mark.parametrize("guide", FAMILIES, ids=str)
-def test_every_family_prior_and_likelihood_trains_50_steps_to_a_finite_loss(guide, prior, likelihood):
+def test_every_family_prior_and_likelihood_trains_50_steps_to_a_finite_loss_and_estimates_log_px(guide, prior, likelihood):
     torch.manual_seed(0)
     x = (torch.rand(40, 12) < 0.4).float() if "bernoulli" == likelihood else torch.rand(40, 12)
     vae = VAE(12, 4, prior=prior, likelihood=likelihood, guide=guide, encoder={"hidden": [16]}, decoder={"hidden": [16]})
@@ -211,6 +211,9 @@ def test_every_family_prior_and_likelihood_trains_50_steps_to_a_finite_loss(guid
     assert state.step == 50
     assert all(math.isfinite(row["train_elbo"]) and math.isfinite(row["test_elbo"]) for row in state.history)
     assert any(not torch.equal(before[k], v) for k, v in vae.encoder.state_dict().items())
+    result = estimate_log_px(vae, x[:10], num_samples=20, seed=0)
+    # log of the mean weight >= mean of the log weights, datum by datum (Jensen on the sample)
+    assert torch.all(torch.isfinite(result.log_px)) and torch.all(result.gap >= 0)
 
 
 @pytest.mark.parametrize("objective, particles", [("elbo", 2), ("mean_field", 1), ("iwae", 3)])
