@@ -54,18 +54,18 @@ def test_a_built_in_encoder_starts_the_extra_outputs_at_zero_so_full_rank_starts
 def test_full_rank_log_q_is_the_gaussian_density_with_the_full_covariance():
     torch.manual_seed(0)
     d = 4
-    vae = perturbed(VAE(12, d, guide="full_rank", encoder={"hidden": [8]}).double())
+    vae = perturbed(VAE(12, d, guide={"type": "full_rank", "off_diagonal_scale": 0.5}, encoder={"hidden": [8]}).double())
     x = torch.rand(5, 12, dtype=torch.float64)
     q = vae.posterior(x)
     z = q.rsample((7,))
     loc, scale, below = vae.encoder(x)
-    # L = diag(scale) (I + B): the extra outputs fill B's strict lower triangle row by row
+    # L = diag(scale) (I + B): the extra outputs, halved, fill B's strict lower triangle row by row
     tril = torch.zeros(5, d, d, dtype=torch.float64)
     k = 0
     for i in range(d):
         tril[:, i, i] = scale[:, i]
         for j in range(i):
-            tril[:, i, j] = scale[:, i] * below[:, k]
+            tril[:, i, j] = scale[:, i] * 0.5 * below[:, k]
             k += 1
     cov = tril @ tril.transpose(-1, -2)
     assert not torch.allclose(cov, torch.diag_embed(torch.diagonal(cov, dim1=-2, dim2=-1)))  # correlated
