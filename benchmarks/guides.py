@@ -10,7 +10,7 @@ gap log p(x) - ELBO (an estimate of KL(q(z|x) || p(z|x))), the share of images w
 rows, so a busy spell of the machine hits all of them), the median over rounds of each row's
 second epoch (the first also pays the step's compile).
 
-    python benchmarks/guides.py [--epochs 10] [--num-samples 1000] [--limit 1000] [--rounds 3]
+    python benchmarks/guides.py [--epochs 10] [--num-samples 1000] [--limit 1000] [--rounds 5]
         [--out runs/guides] [--rows diagonal,full_rank,iaf,iaf_gated]
 
 A row whose run folder already holds a finished run of as many epochs is evaluated as it is.
@@ -81,7 +81,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--limit", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--out", default="runs/guides")
     parser.add_argument("--rows", default=",".join(ROWS))
     args = parser.parse_args()
