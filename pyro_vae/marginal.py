@@ -238,4 +238,3 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
         vae.train(was_training)
     log_px, elbo, ess, khat = (torch.cat(column) for column in zip(*parts))
     return LogPxResult(log_px, elbo, ess, khat, num_samples)
-

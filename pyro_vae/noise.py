@@ -30,8 +30,9 @@ class StepNoise(Messenger):
     the guide's latent samples.
 
     The data plate is the rightmost batch dimension of every latent site (the model's contract);
-    vectorized particles sit to its left and are drawn in full. Only Normal sites (the VAE's
-    guide) take noise from here. ``draws`` records each site's draw as ``(global_shape,
+    vectorized particles sit to its left and are drawn in full. Only latent sites that are a
+    function of standard-normal noise take noise from here (every guide family's; see
+    :func:`from_standard_normal`). ``draws`` records each site's draw as ``(global_shape,
     data_dim)``, in order, so that a compiled step can draw the same numbers outside its graph
     (:meth:`uniforms`, then :meth:`normal` for each) and pass them in (:class:`GivenNoise`).
     """
@@ -69,7 +70,7 @@ class StepNoise(Messenger):
 
 class GivenNoise(Messenger):
     """Supplies the guide's latent samples from noise passed in, one tensor per site in the order
-    :class:`StepNoise` draws them: the same z = loc + scale * eps, with eps a traced graph's input."""
+    :class:`StepNoise` draws them: the same z as there, with eps a traced graph's input."""
 
     def __init__(self, eps):
         super().__init__()
@@ -82,16 +83,18 @@ class GivenNoise(Messenger):
 
 
 def latent_sample(msg):
-    """``(eps -> z, a tensor of z's device and dtype)`` for a latent site whose value the step's noise supplies, else ``None``:
-    observed or already-valued sites and plates' subsample sites sample as usual."""
+    """``(eps -> z, a tensor of z's device and dtype)`` for a latent site whose value the step's
+    noise supplies, else ``None``: observed or already-valued sites and plates' subsample sites
+    sample as usual."""
     if msg["is_observed"] or msg["value"] is not None:
         return None
     return from_standard_normal(msg["fn"])
 
 
 def from_standard_normal(fn):
-    """``(eps -> z, a tensor of z's device and dtype)``: the reparameterized sample of ``fn`` as a function of standard-normal noise of
-    shape ``fn.shape()``, for the distributions guide families build (a Normal, independent or not;
+    """``(eps -> z, a tensor of z's device and dtype)``: the reparameterized sample of ``fn`` as a
+    function of standard-normal noise of shape ``fn.shape()``, for the distributions guide
+    families build (a Normal, independent or not;
     a MultivariateNormal; a TransformedDistribution of those, whose transforms then cache their
     input as its ``rsample`` would, so its ``log_prob`` of the result needs no inversion);
     ``None`` for any other distribution."""

@@ -69,8 +69,9 @@ def sync_free_loss(objective, model, guide, *args):
     synchronize with a GPU at every site and stop a graph capture; this sum can be traced.
 
     ``mean_field`` takes the closed-form KL between the guide's and the model's latent site where
-    one is registered (N(0, I) and learned Normal priors), as ``TraceMeanField_ELBO`` does, and the
-    Monte Carlo term otherwise (mixture and VampPrior). The guide's sites are reparameterized, so
+    one is registered (the diagonal and full-rank guides against the normal and learned_normal
+    priors), as ``TraceMeanField_ELBO`` does, and the Monte Carlo term otherwise (flows, mixture
+    and VampPrior). The guide's sites are reparameterized, so
     their score-function terms are zero and their log-density is the whole surrogate.
     """
     if isinstance(objective, IWAE_ELBO):  # already a tensor expression

@@ -134,9 +134,10 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     step = Step(vae, make_objective(t.objective, t.num_particles), dynamic_binarization=cfg.data.binarize == "dynamic",
                 compile=t.compile, world=world)
     report = progress and world.is_main
-    first = ds.train[:1]
-    if t.objective == "mean_field" and report and (note := monte_carlo_kl_note(vae, first.x, first.y)):
-        step.log(note)
+    if t.objective == "mean_field" and report:
+        first = ds.train[:1]
+        if note := monte_carlo_kl_note(vae, first.x, first.y):
+            step.log(note)
     vae.train()
     while state.epoch < t.epochs and not (t.max_steps and state.step >= t.max_steps):
         started = time.perf_counter()

@@ -4,7 +4,6 @@ represent, and every family with every prior, likelihood and objective."""
 
 import math
 
-import pyro
 import pyro.distributions as dist
 import pytest
 import torch
@@ -13,14 +12,13 @@ from pyro.infer import Predictive
 from torch import nn
 
 from helpers import small_config
-from pyro_vae import GUIDES, VAE, UserError, register_guide
+from pyro_vae import GUIDES, VAE, UserError, noise, register_guide
 from pyro_vae.guides import split_encoded
 from pyro_vae.marginal import estimate_log_px
 from pyro_vae.noise import from_standard_normal
 from pyro_vae.objectives import make_objective, monte_carlo_kl_note
 from pyro_vae.run import build_vae, fit_tensors, load_run, train_run
 from pyro_vae.step import Step
-from pyro_vae import noise
 
 IAF = {"type": "iaf", "flows": 3, "hidden": [16, 16], "context": 5}
 FAMILIES = ["diagonal", "full_rank", IAF]
@@ -248,7 +246,7 @@ def test_predictive_and_the_estimator_take_every_family(guide):
     ("diagonal", "normal", True), ("full_rank", "learned_normal", True), (IAF, "normal", False),
     ("diagonal", {"type": "mixture", "components": 3}, False),
 ], ids=str)
-def test_mean_field_says_in_one_line_where_its_kl_is_a_monte_carlo_estimate(guide, prior, closed_form, tmp_path, capsys):
+def test_mean_field_says_in_one_line_where_its_kl_is_a_monte_carlo_estimate(guide, prior, closed_form, capsys):
     vae = VAE(12, 4, guide=guide, prior=prior, encoder={"hidden": [8]}, decoder={"hidden": [8]})
     note = monte_carlo_kl_note(vae, torch.rand(2, 12))
     assert (note is None) == closed_form
