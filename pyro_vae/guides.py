@@ -94,7 +94,7 @@ class FullRank(nn.Module):
 
     def __init__(self, latent_dim, *, off_diagonal_scale=0.1):
         super().__init__()
-        if isinstance(off_diagonal_scale, bool) or not isinstance(off_diagonal_scale, (int, float)) or not off_diagonal_scale > 0:
+        if not off_diagonal_scale > 0:
             raise UserError(f"model.guide: full_rank's off_diagonal_scale must be a positive number, got {off_diagonal_scale!r}")
         self.extra_outputs = latent_dim * (latent_dim - 1) // 2
         self.off_diagonal_scale = float(off_diagonal_scale)
@@ -129,8 +129,6 @@ class InverseAutoregressiveFlow(nn.Module):
         hidden = list(hidden)
         if flows < 1:
             raise UserError(f"model.guide: an iaf needs flows of at least 1, got {flows}")
-        if not isinstance(stable, bool):
-            raise UserError(f"model.guide: an iaf's stable must be true or false, got {stable!r}")
         if context < 1:
             raise UserError(f"model.guide: an iaf needs context of at least 1 feature, got {context}")
         if not hidden or min(hidden) < latent_dim:

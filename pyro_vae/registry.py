@@ -44,15 +44,35 @@ class Registry:
         if name not in self._classes:
             raise UserError(f"unknown {self.kind} '{name}' for {key}; valid names: {', '.join(self.names())}")
         cls = self._classes[name]
-        allowed = self.parameters(cls)
-        for param in params:
-            if param not in allowed:
-                valid = ", ".join(allowed) or "none"
+        defaults = self.parameters(cls)
+        for param, value in params.items():
+            if param not in defaults:
+                valid = ", ".join(defaults) or "none"
                 raise UserError(f"unknown parameter '{param}' for {self.kind} '{name}' in {key}; valid parameters: {valid}")
+            expected = _type_like(defaults[param], value)
+            if expected:
+                raise UserError(f"parameter '{param}' of {self.kind} '{name}' in {key} must be {expected}, got {value!r}")
         return cls, params
 
     @staticmethod
     def parameters(cls):
-        """The user-settable keyword-only parameters of ``cls``."""
+        """The user-settable keyword-only parameters of ``cls`` with their defaults."""
         signature = inspect.signature(cls.__init__)
-        return [p.name for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _type_like(default, value):
+    """What ``value`` should be, where its type does not match ``default``'s; ``None`` where it does.
+    A string default (``scale = "learned"``) can stand for several kinds of value: the class checks."""
+    def whole(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if whole(value) else "a whole number"
+    if isinstance(default, float):
+        return None if whole(value) or isinstance(value, float) else "a number"
+    if isinstance(default, (list, tuple)):
+        return None if isinstance(value, (list, tuple)) and all(whole(v) for v in value) else "a list of whole numbers"
+    return None
