@@ -34,7 +34,6 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.distributions import register_kl
-from torch.distributions.utils import vec_to_tril_matrix
 
 from .errors import UserError
 from .registry import Registry
@@ -100,8 +99,13 @@ class FullRank(nn.Module):
         self.off_diagonal_scale = float(off_diagonal_scale)
 
     def scale_tril(self, scale, below):
-        below = self.off_diagonal_scale * below
-        unit = vec_to_tril_matrix(below, diag=-1) + torch.eye(scale.shape[-1], dtype=scale.dtype, device=scale.device)
+        # B is filled row by row through fixed integer positions, not a boolean mask as in
+        # torch.distributions.utils.vec_to_tril_matrix: a mask traces to a size that depends on
+        # tensor values, which inductor failed to compile on CUDA (torch 2.11)
+        dim = scale.shape[-1]
+        rows, cols = torch.tril_indices(dim, dim, offset=-1, device=scale.device)
+        flat = below.new_zeros(below.shape[:-1] + (dim * dim,)).index_copy(-1, rows * dim + cols, self.off_diagonal_scale * below)
+        unit = flat.unflatten(-1, (dim, dim)) + torch.eye(dim, dtype=scale.dtype, device=scale.device)
         return scale.unsqueeze(-1) * unit
 
     def forward(self, encoded):
