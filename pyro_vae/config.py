@@ -195,10 +195,14 @@ def validate(cfg):
     _at_least("data.limit", cfg.data.limit, 0)
     _at_least("data.test_limit", cfg.data.test_limit, 0)
     _at_least("model.latent_dim", cfg.model.latent_dim, 1)
-    PRIORS.resolve(cfg.model.prior, "model.prior")
-    LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
+    prior_cls, prior_params = PRIORS.resolve(cfg.model.prior, "model.prior")
+    likelihood_cls, likelihood_params = LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
     guide_cls, guide_params = GUIDES.resolve(cfg.model.guide, "model.guide")
-    with torch.random.fork_rng():  # its own range checks, with the key named; no random draws spent
+    # each part built once for its own range checks, so that they fail before any data load; no
+    # random draws spent. The data's width is not known yet: one feature stands in for it.
+    with torch.random.fork_rng():
+        prior_cls(cfg.model.latent_dim, 1, **prior_params)
+        likelihood_cls(1, **likelihood_params)
         guide_cls(cfg.model.latent_dim, **guide_params)
     for part in ("encoder", "decoder"):
         net = getattr(cfg.model, part)

@@ -9,6 +9,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from .errors import UserError
 from .networks import call_net
 from .registry import Registry
 
@@ -45,6 +46,13 @@ class LearnedNormal(StandardNormal):
 class _Mixture(nn.Module):
     """Shared by the mixture priors: p(z) = sum_k w_k N(z; m_k, diag(s_k^2))."""
 
+    def check(self, components, init_std):
+        if components < 1:
+            raise UserError(f"model.prior: {self.name}'s components must be at least 1, got {components}")
+        # components started alike get alike gradients (equal weights), so they never part
+        if not init_std > 0:
+            raise UserError(f"model.prior: {self.name}'s init_std must be a positive number (components that start alike stay alike), got {init_std!r}")
+
     def mixture(self, logits, loc, scale):
         components = dist.Normal(loc, scale).to_event(1)
         return dist.MixtureSameFamily(dist.Categorical(logits=logits), components)
@@ -59,6 +67,7 @@ class GaussianMixture(_Mixture):
 
     def __init__(self, latent_dim, input_dim, num_classes=None, *, components=10, init_std=0.1):
         super().__init__()
+        self.check(components, init_std)
         self.logits = nn.Parameter(torch.zeros(components))
         self.loc = nn.Parameter(torch.randn(components, latent_dim) * init_std)
         self.log_scale = nn.Parameter(torch.zeros(components, latent_dim))
@@ -80,6 +89,7 @@ class VampPrior(_Mixture):
 
     def __init__(self, latent_dim, input_dim, num_classes=None, *, components=500, init_mean=0.05, init_std=0.01):
         super().__init__()
+        self.check(components, init_std)
         self.pseudo_inputs = nn.Parameter(torch.randn(components, input_dim) * init_std + init_mean)
         self.register_buffer("weights", torch.zeros(components))
         labels = None
