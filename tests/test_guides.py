@@ -2,7 +2,9 @@
 computation, the linear-Gaussian model whose exact posterior only the full-rank family can
 represent, and every family with every prior, likelihood and objective."""
 
+import importlib.util
 import math
+from pathlib import Path
 
 import pyro.distributions as dist
 import pytest
@@ -133,10 +135,11 @@ def test_the_registered_kl_of_full_rank_against_a_gaussian_prior_is_torchs_mvn_k
     assert torch.allclose(kl, torch.distributions.kl_divergence(q, as_mvn), atol=1e-10)
 
 
-def linear_gaussian(sigma=0.5):
+def linear_gaussian(sigma=0.5, w=((1.0, 1.0), (1.0, 1.2), (0.8, 1.0), (1.0, 0.9))):
     """z ~ N(0, I_2), x ~ N(W z + b, sigma^2 I_4): p(x) = N(b, W W^T + sigma^2 I) and the posterior
-    N(S W^T (x - b) / sigma^2, S), S = (I + W^T W / sigma^2)^-1, correlated (about -0.93) by W."""
-    w = torch.tensor([[1.0, 1.0], [1.0, 1.2], [0.8, 1.0], [1.0, 0.9]], dtype=torch.float64)
+    N(S W^T (x - b) / sigma^2, S), S = (I + W^T W / sigma^2)^-1, correlated (about -0.93) by the
+    default W."""
+    w = torch.tensor(w, dtype=torch.float64)
     b = torch.tensor([0.5, -0.3, 0.1, 0.2], dtype=torch.float64)
     decoder = nn.Linear(2, 4).double()
     with torch.no_grad():
@@ -148,13 +151,13 @@ def linear_gaussian(sigma=0.5):
     return decoder, evidence, posterior_cov
 
 
-def fitted_linear_gaussian_vae(guide):
+def fitted_linear_gaussian_vae(guide, **model):
     """The guide of a VAE with the linear-Gaussian decoder, fitted with a linear encoder (the exact
     posterior's mean is linear in x, its covariance constant), in float64, by L-BFGS on the ELBO
     with its closed-form KL: the same seeded draws at every evaluation make the Monte Carlo term a
     fixed function, which L-BFGS can minimize to convergence."""
     torch.manual_seed(0)
-    decoder, evidence, _ = linear_gaussian()
+    decoder, evidence, _ = linear_gaussian(**model)
     vae = VAE(4, 2, likelihood={"type": "gaussian", "scale": 0.5}, encoder={"hidden": []}, decoder=decoder, guide=guide).double()
     vae.pending_data_init = False
     x = evidence.sample((100,))
@@ -194,6 +197,49 @@ def test_the_full_rank_family_recovers_the_exact_posterior_of_a_linear_gaussian_
     result = estimate_log_px(diagonal, x_test, num_samples=num_samples, seed=1)
     assert torch.all(exact - result.elbo > 0.95 * kl_min)
     assert result.ess.mean() < 0.2 * num_samples
+
+
+def gap_split_module():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gap_split.py"
+    spec = importlib.util.spec_from_file_location("gap_split", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def linear_gaussian_with_an_unfitted_encoder(**model):
+    """A diagonal-guide VAE with the linear-Gaussian decoder and a linear encoder left as built: its
+    q(z|x) is off the posterior, so the per-image fit has work to do and an amortization gap to find."""
+    decoder, evidence, posterior_cov = linear_gaussian(**model)
+    torch.manual_seed(0)
+    vae = VAE(4, 2, likelihood={"type": "gaussian", "scale": 0.5}, encoder={"hidden": []}, decoder=decoder).double()
+    vae.pending_data_init = False
+    x = evidence.sample((5,))
+    posterior_mean = (x - decoder.bias) @ decoder.weight @ posterior_cov / 0.5**2
+    return vae, x, evidence.log_prob(x), posterior_mean, posterior_cov
+
+
+@pytest.mark.parametrize("correlated", [False, True], ids=["diagonal posterior", "correlated posterior"])
+def test_the_gap_split_benchmark_against_the_exact_split_of_a_linear_gaussian_model(correlated):
+    # the best diagonal Gaussian for a Gaussian posterior N(m, S) has mean m and variances
+    # 1 / (S^-1)_ii, at KL -log(1 - rho^2) / 2 from it: the exact approximation gap, zero where
+    # S is diagonal (orthogonal columns of W), and there log p(x) from the mixture is exact too
+    gap_split = gap_split_module()
+    w = ((1.0, 1.0), (1.0, 1.2), (0.8, 1.0), (1.0, 0.9)) if correlated else ((1.0, 1.0), (1.0, -1.0), (0.5, 0.5), (0.5, -0.5))
+    vae, x, exact_log_px, posterior_mean, posterior_cov = linear_gaussian_with_an_unfitted_encoder(w=w)
+    rho = posterior_cov[0, 1] / (posterior_cov[0, 0] * posterior_cov[1, 1]).sqrt()
+    assert (rho < -0.9) if correlated else (rho == 0)
+    torch.manual_seed(2)
+    q_star = gap_split.fit_per_image(vae, vae.prior_distribution(), x, None, steps=1500, samples=256, lr=0.1)
+    assert torch.allclose(q_star.base_dist.loc, posterior_mean, atol=0.01)
+    assert torch.allclose(q_star.base_dist.scale**2, 1 / torch.linalg.inv(posterior_cov).diagonal().expand(5, 2), rtol=0.05)
+    elbo_q, elbo_star, log_px, khat = gap_split.scores(vae, vae.prior_distribution(), x, None, vae.posterior(x), q_star, 40000, 2000)
+    # 20,000 draws of each proposal: the ELBOs' Monte Carlo error is about 0.01 nats
+    assert torch.allclose(elbo_star, exact_log_px + 0.5 * torch.log(1 - rho**2), atol=0.03)
+    assert (elbo_star - elbo_q).min() > 1.0
+    if not correlated:
+        assert torch.allclose(log_px, exact_log_px, atol=0.01)
+        assert (khat < 0.7).all()
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=str)
