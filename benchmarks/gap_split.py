@@ -28,23 +28,26 @@ per image, means over the images with their standard errors.
 import argparse
 import math
 
+import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 
 from pyro_vae.marginal import KHAT_TRUST, pareto_khat
-from pyro_vae.networks import call_net
 from pyro_vae.run import load_split
 
 
-def log_joint(vae, prior, x, y, z):
-    """log p(x, z) (given y for a conditional VAE) for draws z of shape (S, N, D): shape (S, N)."""
-    s, n, d = z.shape
-    onehot = vae.onehot(y)
-    out = call_net(vae.decoder, z.reshape(s * n, d), None if onehot is None else onehot.repeat(s, 1))
-    return vae.likelihood(out).log_prob(x.repeat(s, 1)).reshape(s, n) + prior.log_prob(z)
+def log_joint(vae, x, y, z):
+    """log p(x, z) (given y for a conditional VAE) of the run's Pyro model at draws z of shape
+    (S, N, D), read off the model's trace with its latent site set to z: shape (S, N)."""
+    # registration off: the parameters are frozen, and none is to enter Pyro's param store
+    with vae.parameters_registered(False), pyro.plate("particles", z.shape[0], dim=-2):
+        trace = poutine.trace(poutine.condition(vae.model, data={"z": z})).get_trace(x, y)
+    trace.compute_log_prob()
+    return sum(site["log_prob"] for site in trace.nodes.values() if site["type"] == "sample")
 
 
-def fit_per_image(vae, prior, x, y, steps, samples, lr):
+def fit_per_image(vae, x, y, steps, samples, lr):
     """The best diagonal Gaussian for each image alone, from the encoder's moments."""
     loc, scale = vae.encode(x, y)
     loc, log_scale = loc.clone().requires_grad_(), scale.log().clone().requires_grad_()
@@ -54,7 +57,7 @@ def fit_per_image(vae, prior, x, y, steps, samples, lr):
     for step in range(steps):
         q = dist.Normal(loc, log_scale.exp()).to_event(1)
         z = q.rsample((samples,))
-        loss = -(log_joint(vae, prior, x, y, z) - q.log_prob(z)).mean(0).sum()  # images are independent
+        loss = -(log_joint(vae, x, y, z) - q.log_prob(z)).mean(0).sum()  # images are independent
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -65,14 +68,14 @@ def fit_per_image(vae, prior, x, y, steps, samples, lr):
 
 
 @torch.no_grad()
-def scores(vae, prior, x, y, q, q_star, num_samples, chunk):
+def scores(vae, x, y, q, q_star, num_samples, chunk):
     """Per image: ELBO under q, ELBO under q*, and log p(x) from the mixture proposal with the
     PSIS k-hat of its weights."""
     elbo_q, elbo_star, log_w = [], [], []
     for _ in range(num_samples // (2 * chunk)):
         for proposal, elbos in ((q, elbo_q), (q_star, elbo_star)):
             z = proposal.sample((chunk,))
-            joint = log_joint(vae, prior, x, y, z)
+            joint = log_joint(vae, x, y, z)
             elbos.append(joint - proposal.log_prob(z))
             mixture = torch.logaddexp(q.log_prob(z), q_star.log_prob(z)) - math.log(2)
             log_w.append(joint - mixture)
@@ -99,14 +102,13 @@ def main():
     cfg, vae, _, test = load_split(args.run, "test", args.limit)
     for p in vae.parameters():
         p.requires_grad_(False)
-    prior = vae.prior_distribution()
     parts = []
     for start in range(0, len(test.x), args.batch_size):
         x = test.x[start:start + args.batch_size]
         y = None if test.y is None else test.y[start:start + args.batch_size]
         print(f"images {start}-{start + len(x) - 1}:", flush=True)
-        q_star = fit_per_image(vae, prior, x, y, args.steps, args.samples, args.lr)
-        parts.append(scores(vae, prior, x, y, vae.posterior(x, y), q_star, args.num_samples, chunk=50))
+        q_star = fit_per_image(vae, x, y, args.steps, args.samples, args.lr)
+        parts.append(scores(vae, x, y, vae.posterior(x, y), q_star, args.num_samples, chunk=50))
     elbo_q, elbo_star, log_px, khat = (torch.cat(column) for column in zip(*parts))
     rows = [("log p(x) (mixture proposal)", log_px), (f"ELBO, q(z|x) ({vae.family.name})", elbo_q),
             ("ELBO, q*_x (diagonal, per image)", elbo_star), ("gap = log p(x) - ELBO(q)", log_px - elbo_q),
