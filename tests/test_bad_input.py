@@ -63,9 +63,14 @@ def sets(*overrides):
     return [arg for item in overrides for arg in ("--set", item)]
 
 
+def train_new(*overrides):
+    """A row's setup: `pyro-vae train` into a new run folder with these --set overrides."""
+    return lambda ws: ["train", "--out", ws.path("new_run"), *sets(*overrides)]
+
+
 def train_on(ws, data_path, *overrides):
     """Train on a user array (a run that never gets as far as training)."""
-    return ["train", "--out", ws.path("new_run"), *sets(f'data.path="{data_path}"', "train.device=cpu", *overrides)]
+    return train_new(f'data.path="{data_path}"', "train.device=cpu", *overrides)(ws)
 
 
 def small(ws, *overrides):
@@ -123,7 +128,7 @@ def changed_data(ws, command):
 def mnist_missing(ws):
     """data.dir names an empty folder: fail at once (no download attempt, no folders made in it)."""
     (ws.tmp / "empty").mkdir()
-    return ["train", "--out", ws.path("new_run"), *sets(f'data.dir="{ws.path("empty")}"')]
+    return train_new(f'data.dir="{ws.path("empty")}"')(ws)
 
 
 def killed_in_first_epoch(ws):
@@ -145,44 +150,41 @@ class Row:
 
 GREY = np.full((10, 4), 0.5, dtype=np.float32)
 ROWS = [
-    Row("unknown prior", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.prior=flat")],
+    Row("unknown prior", train_new("model.prior=flat"),
         ("unknown prior 'flat' for model.prior", f"valid names: {', '.join(PRIORS.names())}"), subprocess=True),
-    Row("unknown likelihood", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.likelihood=poisson")],
+    Row("unknown likelihood", train_new("model.likelihood=poisson"),
         ("unknown likelihood 'poisson' for model.likelihood", f"valid names: {', '.join(LIKELIHOODS.names())}")),
-    Row("unknown guide family", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.guide=planar")],
+    Row("unknown guide family", train_new("model.guide=planar"),
         ("unknown guide family 'planar' for model.guide", f"valid names: {', '.join(GUIDES.names())}")),
-    Row("unknown guide parameter", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.guide={type="iaf", layers=2}')],
+    Row("unknown guide parameter", train_new('model.guide={type="iaf", layers=2}'),
         ("unknown parameter 'layers' for guide family 'iaf' in model.guide", "valid parameters: flows, hidden, context, stable")),
-    Row("iaf layers narrower than the latent space", lambda ws: ["train", "--out", ws.path("new_run"),
-                                                                  *sets('model.guide={type="iaf", hidden=[32]}', "model.latent_dim=50")],
+    Row("iaf layers narrower than the latent space", train_new('model.guide={type="iaf", hidden=[32]}', "model.latent_dim=50"),
         ("every iaf hidden layer must be at least latent_dim = 50 wide", "got hidden = [32]")),
-    Row("full_rank with a zero off-diagonal scale", lambda ws: ["train", "--out", ws.path("new_run"),
-                                                                 *sets('model.guide={type="full_rank", off_diagonal_scale=0}')],
+    Row("full_rank with a zero off-diagonal scale", train_new('model.guide={type="full_rank", off_diagonal_scale=0}'),
         ("full_rank's off_diagonal_scale must be a positive number, got 0",)),
-    Row("iaf hidden not a list", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.guide={type="iaf", hidden=320}')],
+    Row("iaf hidden not a list", train_new('model.guide={type="iaf", hidden=320}'),
         ("parameter 'hidden' of guide family 'iaf' in model.guide must be a list of whole numbers, got 320",)),
-    Row("iaf stable not a boolean", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.guide={type="iaf", stable="yes"}')],
+    Row("iaf stable not a boolean", train_new('model.guide={type="iaf", stable="yes"}'),
         ("parameter 'stable' of guide family 'iaf' in model.guide must be true or false, got 'yes'",)),
-    Row("mixture components not a number", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.prior={type="mixture", components="ten"}')],
+    Row("mixture components not a number", train_new('model.prior={type="mixture", components="ten"}'),
         ("parameter 'components' of prior 'mixture' in model.prior must be a whole number, got 'ten'",)),
-    Row("mixture with no components", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.prior={type="mixture", components=0}')],
+    Row("mixture with no components", train_new('model.prior={type="mixture", components=0}'),
         ("mixture's components must be at least 1, got 0",)),
-    Row("vamp with no pseudo-inputs", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.prior={type="vamp", components=0}')],
+    Row("vamp with no pseudo-inputs", train_new('model.prior={type="vamp", components=0}'),
         ("vamp's components must be at least 1, got 0",)),
-    Row("mixture means started alike", lambda ws: ["train", "--out", ws.path("new_run"), *sets('model.prior={type="mixture", init_std=0.0}')],
+    Row("mixture means started alike", train_new('model.prior={type="mixture", init_std=0.0}'),
         ("mixture's init_std must be a positive number", "got 0.0")),
-    Row("gaussian likelihood with a negative scale", lambda ws: ["train", "--out", ws.path("new_run"),
-                                                                 *sets('model.likelihood={type="gaussian", scale=-1.0}')],
+    Row("gaussian likelihood with a negative scale", train_new('model.likelihood={type="gaussian", scale=-1.0}'),
         ("likelihood 'gaussian': scale must be a positive number or \"learned\", got -1.0",)),
-    Row("iaf with no flows", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.guide.type=iaf", "model.guide.flows=0")],
+    Row("iaf with no flows", train_new("model.guide.type=iaf", "model.guide.flows=0"),
         ("an iaf needs flows of at least 1, got 0",)),
-    Row("unknown objective", lambda ws: ["train", "--out", ws.path("new_run"), *sets("train.objective=vimco")],
+    Row("unknown objective", train_new("train.objective=vimco"),
         ("train.objective = 'vimco' is not valid", f"choose one of: {', '.join(config.OBJECTIVES)}")),
-    Row("unknown config key", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.latnt_dim=3")],
+    Row("unknown config key", train_new("model.latnt_dim=3"),
         ("unknown config key 'model.latnt_dim'", "valid keys:", "model.latent_dim")),
-    Row("negative latent size", lambda ws: ["train", "--out", ws.path("new_run"), *sets("model.latent_dim=-1")],
+    Row("negative latent size", train_new("model.latent_dim=-1"),
         ("model.latent_dim must be at least 1, got -1",)),
-    Row("zero batch size", lambda ws: ["train", "--out", ws.path("new_run"), *sets("train.batch_size=0")],
+    Row("zero batch size", train_new("train.batch_size=0"),
         ("train.batch_size must be at least 1, got 0",)),
     Row("zero importance samples", lambda ws: ["evaluate", str(ws.mnist_run()), "--num-samples", "0"],
         ("--num-samples must be at least 1, got 0",)),
