@@ -1,8 +1,8 @@
 """Encoder and decoder builders. An encoder maps ``(x, y_onehot=None)`` to the ``(loc, scale)``
 of the Gaussian at the heart of q(z|x[, y]), followed, when the guide family asks for
 ``extra_outputs`` more (guides.py), by those features; a decoder maps ``(z, y_onehot=None)`` to
-one likelihood parameter per pixel. Conditioning concatenates the one-hot label to the input. Both accept any
-number of leading batch dimensions (vectorized particles add one).
+one likelihood parameter per pixel. Conditioning concatenates the one-hot label to the input.
+Both accept any number of leading batch dimensions (vectorized particles add one).
 """
 
 import math

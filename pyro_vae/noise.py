@@ -94,10 +94,9 @@ def latent_sample(msg):
 def from_standard_normal(fn):
     """``(eps -> z, a tensor of z's device and dtype)``: the reparameterized sample of ``fn`` as a
     function of standard-normal noise of shape ``fn.shape()``, for the distributions guide
-    families build (a Normal, independent or not;
-    a MultivariateNormal; a TransformedDistribution of those, whose transforms then cache their
-    input as its ``rsample`` would, so its ``log_prob`` of the result needs no inversion);
-    ``None`` for any other distribution."""
+    families build (a Normal, independent or not; a MultivariateNormal; a TransformedDistribution
+    of those, whose transforms then cache their input as its ``rsample`` would, so its
+    ``log_prob`` of the result needs no inversion); ``None`` for any other distribution."""
     if isinstance(fn, dist.Independent):
         return from_standard_normal(fn.base_dist)
     if isinstance(fn, dist.Normal):
