@@ -151,6 +151,13 @@ def linear_gaussian(sigma=0.5, w=((1.0, 1.0), (1.0, 1.2), (0.8, 1.0), (1.0, 0.9)
     return decoder, evidence, posterior_cov
 
 
+def linear_gaussian_vae(decoder, guide="diagonal"):
+    """A VAE with the linear-Gaussian model's decoder and likelihood and a linear encoder."""
+    vae = VAE(4, 2, likelihood={"type": "gaussian", "scale": 0.5}, encoder={"hidden": []}, decoder=decoder, guide=guide).double()
+    vae.pending_data_init = False
+    return vae
+
+
 def fitted_linear_gaussian_vae(guide, **model):
     """The guide of a VAE with the linear-Gaussian decoder, fitted with a linear encoder (the exact
     posterior's mean is linear in x, its covariance constant), in float64, by L-BFGS on the ELBO
@@ -158,8 +165,7 @@ def fitted_linear_gaussian_vae(guide, **model):
     fixed function, which L-BFGS can minimize to convergence."""
     torch.manual_seed(0)
     decoder, evidence, _ = linear_gaussian(**model)
-    vae = VAE(4, 2, likelihood={"type": "gaussian", "scale": 0.5}, encoder={"hidden": []}, decoder=decoder, guide=guide).double()
-    vae.pending_data_init = False
+    vae = linear_gaussian_vae(decoder, guide)
     x = evidence.sample((100,))
     objective = make_objective("mean_field", 1024)
     optimizer = torch.optim.LBFGS(vae.encoder.parameters(), max_iter=1000, tolerance_grad=1e-12, tolerance_change=1e-14,
@@ -212,8 +218,7 @@ def linear_gaussian_with_an_unfitted_encoder(**model):
     q(z|x) is off the posterior, so the per-image fit has work to do and an amortization gap to find."""
     decoder, evidence, posterior_cov = linear_gaussian(**model)
     torch.manual_seed(0)
-    vae = VAE(4, 2, likelihood={"type": "gaussian", "scale": 0.5}, encoder={"hidden": []}, decoder=decoder).double()
-    vae.pending_data_init = False
+    vae = linear_gaussian_vae(decoder)
     x = evidence.sample((5,))
     posterior_mean = (x - decoder.bias) @ decoder.weight @ posterior_cov / 0.5**2
     return vae, x, evidence.log_prob(x), posterior_mean, posterior_cov
@@ -367,9 +372,9 @@ def test_an_iaf_run_saves_its_flows_orderings_and_loads_them(data_dir, tmp_path)
     assert torch.equal(estimate_log_px(vae, x, num_samples=30, seed=0).log_px, estimate_log_px(trained, x, num_samples=30, seed=0).log_px)
 
 
-@pytest.mark.parametrize("guide", ["full_rank", 'model.guide={type="iaf", flows=2, hidden=[16], context=4}'], ids=["full_rank", "iaf"])
+@pytest.mark.parametrize("guide", ["model.guide=full_rank", 'model.guide={type="iaf", flows=2, hidden=[16], context=4}'], ids=["full_rank", "iaf"])
 def test_a_run_with_a_richer_guide_resumes_exactly(data_dir, tmp_path, guide):
-    sets = [guide if guide.startswith("model.") else f"model.guide={guide}", "data.limit=250", "data.test_limit=100"]
+    sets = [guide, "data.limit=250", "data.test_limit=100"]
     straight, _ = train_run(small_config(data_dir, *sets), tmp_path / "straight", progress=False)
     train_run(small_config(data_dir, *sets, "train.epochs=1"), tmp_path / "resumed", progress=False)
     torch.manual_seed(99)  # whatever a fresh VAE draws is replaced by the checkpoint
