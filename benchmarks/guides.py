@@ -55,8 +55,9 @@ def train(name, run, epochs, resume=False):
 
 def row(name, args, seconds):
     run = Path(args.out) / name
-    if len(metrics(run)) < args.epochs:
-        train(name, run, args.epochs, resume=bool(metrics(run)))
+    done = len(metrics(run))
+    if done < args.epochs:
+        train(name, run, args.epochs, resume=done > 0)
     summary = json.loads(pyro_vae("evaluate", str(run), "--num-samples", str(args.num_samples), "--limit", str(args.limit),
                                   "--json").strip().splitlines()[-1])
     return [name, f"{float(metrics(run)[-1]['test_elbo']):.2f}", f"{summary['log_px']:.2f} ± {summary['log_px_stderr']:.2f}",
