@@ -56,7 +56,7 @@ def setup(batch_size, device):
     vae = VAE(784, 50, encoder=IWAE_PAPER_NET, decoder=IWAE_PAPER_NET).to(device).eval()
     # only the test images used: the whole training set would set the memory high-water mark
     images = MNIST(data_root(None), train=False).data[:batch_size]
-    x = binarize_fixed(images.reshape(len(images), -1).float() / 255, 1).to(device)
+    x = binarize_fixed(images.reshape(len(images), -1).float() / 255, 0, "test").to(device)
     return vae, x
 
 

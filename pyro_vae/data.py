@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import noise
 from .errors import UserError
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -224,11 +225,10 @@ def check_data(vae, ds, binarize):
             vae.likelihood.check(split.x)
 
 
-def binarize_fixed(x, seed):
-    """One Bernoulli draw of the pixels with a fixed seed: static binarization, and the
-    reproducible test set for dynamically binarized runs."""
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    return torch.bernoulli(x, generator=g)
+def binarize_fixed(x, seed, split):
+    """One Bernoulli draw of the pixels of ``split`` (``"train"`` or ``"test"``) from the run's
+    seed: static binarization, and the reproducible test set for dynamically binarized runs."""
+    return torch.bernoulli(x, generator=noise.seeded(seed, f"{split}_pixels", device=x.device))
 
 
 def prepare(ds, binarize, seed):
@@ -238,8 +238,8 @@ def prepare(ds, binarize, seed):
         return ds
     if ((ds.train.x < 0) | (ds.train.x > 1)).any() or ((ds.test.x < 0) | (ds.test.x > 1)).any():
         raise UserError(f"data.binarize = \"{binarize}\" needs pixels in [0, 1]; rescale the data or set data.binarize = \"none\"")
-    train = ds.train if binarize == "dynamic" else Split(binarize_fixed(ds.train.x, seed), ds.train.y)
-    test = Split(binarize_fixed(ds.test.x, seed + 1), ds.test.y)
+    train = ds.train if binarize == "dynamic" else Split(binarize_fixed(ds.train.x, seed, "train"), ds.train.y)
+    test = Split(binarize_fixed(ds.test.x, seed, "test"), ds.test.y)
     return Dataset(train, test, ds.image_shape, ds.num_classes)
 
 
@@ -248,4 +248,4 @@ def fixed_train_split(ds, binarize, seed):
     dynamic run's grey training images get the one draw static binarization would have made."""
     if binarize != "dynamic":
         return ds.train
-    return Split(binarize_fixed(ds.train.x, seed), ds.train.y)
+    return Split(binarize_fixed(ds.train.x, seed, "train"), ds.train.y)

@@ -7,21 +7,32 @@ z = loc + scale * eps (pushed through the guide family's transform: a Cholesky f
 A process then keeps the rows of its own shard. So one process, or N
 processes each holding 1/N of the batch, see exactly the same numbers, and a resumed run
 continues exactly where it stopped, with no generator state to carry.
+
+Each kind of draw has its own stream space (:data:`STREAMS`): the generator of stream
+``(kind, index)`` of a run is seeded from NumPy's ``SeedSequence`` of ``(seed, kind, index)``, so
+no two kinds, indices or seeds share a generator (epoch e's shuffle and step e - 1's noise once did).
 """
 
+import numpy as np
 import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 
 
-def seeded(seed, stream, device="cpu"):
-    """The generator of random stream ``stream`` of a run seeded ``seed``."""
-    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + stream)
+# the kinds of draw; a new kind takes the next number, and the numbers never change
+STREAMS = {"shuffle": 0, "step": 1, "train_pixels": 2, "test_pixels": 3}
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def seeded(seed, kind, index=0, device="cpu"):
+    """The generator of draw ``index`` of ``kind`` (a key of :data:`STREAMS`) in a run seeded ``seed``."""
+    state = np.random.SeedSequence(seed, spawn_key=(STREAMS[kind], index)).generate_state(2, np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def epoch_order(n, seed, epoch, device):
     """The shuffle of epoch ``epoch``, the same in every process and after a restart."""
-    return torch.randperm(n, generator=seeded(seed, epoch)).to(device)
+    return torch.randperm(n, generator=seeded(seed, "shuffle", epoch)).to(device)
 
 
 class StepNoise(Messenger):
@@ -39,7 +50,7 @@ class StepNoise(Messenger):
 
     def __init__(self, seed, step, global_size, rows, device):
         super().__init__()
-        self.generator = seeded(seed, step + 1, device)
+        self.generator = seeded(seed, "step", step, device)
         self.global_size, self.rows = global_size, rows
         self.draws = []
 
