@@ -8,6 +8,7 @@ checked against a direct computation on known per-image values in milliseconds; 
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -262,7 +263,10 @@ def test_reading_run_folders_and_comparing_import_no_training_code(tmp_path):
     assert done.stdout.strip().splitlines()[-2:] == ["[]", "['pyro_vae.run', 'pyro_vae.step', 'pyro_vae.train']"]
 
 
-def test_evaluations_with_other_settings_are_kept_and_compare_reads_them(trained_run, capsys):
+def test_evaluations_with_other_settings_are_kept_and_compare_reads_them(trained_run, tmp_path, capsys):
+    # a copy: other tests evaluate the session's run too
+    trained_run = shutil.copytree(trained_run, tmp_path / "run", ignore=shutil.ignore_patterns("evaluations"))
+
     def evaluate(*argv):
         code, out, err = run_cli(capsys, "evaluate", trained_run, "--json", *argv)
         assert code == 0, err
