@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import config as config_lib
 from . import records
 from .errors import UserError
 from .runfolder import read_config, read_metrics
@@ -127,14 +128,16 @@ def check_comparable(runs, chosen):
 
 
 # -- groups of seeds and their labels ------------------------------------------------------
-def flat_config(cfg, prefix=""):
-    """``{"model.prior": "vamp(components=500)", ...}``: every key of a config, values as text."""
+def flat_config(table, defaults=None, prefix=""):
+    """``{"model.prior": "vamp(components=500)", ...}``: every key of a run's config table, values
+    as text, the defaults filling keys the run's version did not have yet."""
+    defaults = config_lib.Config() if defaults is None else defaults
     flat = {}
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        key = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(value):
-            flat.update(flat_config(value, f"{key}."))
+    for f in dataclasses.fields(defaults):
+        default, key = getattr(defaults, f.name), f"{prefix}{f.name}"
+        value = table.get(f.name, {} if dataclasses.is_dataclass(default) else default)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            flat.update(flat_config(value, default, f"{key}."))
         else:
             flat[key] = render(value)
     return flat
@@ -214,7 +217,7 @@ def summarize(group, label, chosen, configs):
     row = {
         "label": label,
         "runs": [str(run) for run in group],
-        "seeds": [configs[run].seed for run in group],
+        "seeds": [configs[run].get("seed", config_lib.Config.seed) for run in group],
         "num_seeds": len(group),
         "quantity": first.get("quantity"),
         "num_samples": ks[0] if len(ks) == 1 else ks,

@@ -22,10 +22,9 @@ from . import config as config_lib
 from . import data, distributed
 from .errors import UserError
 from .files import atomic_write_text
-# the reader lives in runfolder.py (no training code); load_run, load_split, load_checkpoint and
-# build_vae stay importable from here for users' scripts
-from .runfolder import (FORMAT_VERSION, PAYLOAD_KEYS, build_vae, check_same_data, class_row_labels, load_checkpoint,  # noqa: F401
-                        load_run, load_split, load_weights, save_checkpoint)
+from .runfolder import build_vae, check_same_data, class_row_labels, load_checkpoint, load_weights, save_checkpoint
+# the reader moved to runfolder.py (no training code); its names stay importable from here for users' scripts
+from .runfolder import FORMAT_VERSION, PAYLOAD_KEYS, load_run, load_split  # noqa: F401
 from .train import METRIC_FIELDS, TrainState, fit
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")

@@ -115,11 +115,16 @@ def class_row_labels(vae, n):
 
 # -- the folder's text files ----------------------------------------------------------------
 def read_config(run_dir):
-    """The resolved config the run in ``run_dir`` was trained with (its ``config.toml``)."""
+    """The ``config.toml`` of the run in ``run_dir`` as its TOML table, unvalidated: reading it
+    needs none of the priors, likelihoods or families it names (a run of a family registered in
+    the user's own module reads anywhere)."""
     path = Path(run_dir) / "config.toml"
     if not path.exists():
         raise UserError(f"{run_dir} is not a run folder (no config.toml); give a folder written by `pyro-vae train --out`")
-    return config_lib.loads(path.read_bytes().decode())
+    try:
+        return config_lib.tomllib.loads(path.read_bytes().decode())
+    except (UnicodeDecodeError, config_lib.tomllib.TOMLDecodeError) as e:
+        raise UserError(f"{path} is not valid TOML ({e}); restore the config.toml the run was trained with") from None
 
 
 def read_metrics(run_dir):

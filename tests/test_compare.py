@@ -124,6 +124,18 @@ def test_labels_are_the_config_keys_in_which_runs_differ(tmp_path):
     assert [r["label"] for r in rows] == ["s0 (and 1 more)"] and rows[0]["diff"] is None
 
 
+def test_configs_are_read_as_written_with_defaults_for_keys_they_lack(tmp_path):
+    x = per_image(50)
+    old = make_run(tmp_path, "old", x)  # as a version before train.nan_policy existed wrote it
+    text = (old / "config.toml").read_text()
+    (old / "config.toml").write_text(text.replace('nan_policy = "stop"\n', ""))
+    planar = make_run(tmp_path, "planar", x + 1, seed=1)  # a family registered in the user's own module, not here
+    (planar / "config.toml").write_text(text.replace('guide = "diagonal"', 'guide = { type = "planar", flows = 8 }').replace("seed = 0", "seed = 1"))
+    assert 'nan_policy = "stop"' in text and 'guide = "diagonal"' in text
+    rows = compare([old, make_run(tmp_path, "new", x, seed=1), planar])
+    assert [(r["label"], r["num_seeds"]) for r in rows] == [("model.guide=diagonal", 2), ("model.guide=planar(flows=8)", 1)]
+
+
 def test_a_named_baseline_comes_first(tmp_path):
     x = per_image(50)
     a, b = make_run(tmp_path, "a", x), make_run(tmp_path, "b", x + 1.0, sets=["train.lr=0.01"])
