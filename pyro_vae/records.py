@@ -97,6 +97,17 @@ def write(run_dir, name, record):
     return path
 
 
+def complete(record):
+    """Whether a record holds what its readers use (a hand-edited or foreign file may not)."""
+    if not all(isinstance(record.get(key), dict) for key in ("settings", "images", "summary")):
+        return False
+    if record["kind"] != "log_px":
+        return True
+    count, values = record["images"].get("count"), record.get("per_image")
+    return (isinstance(values, dict) and "num_samples" in record["settings"] and "fingerprint" in record["images"]
+            and all(isinstance(values.get(key), list) and len(values[key]) == count for key in ("log_px", "elbo", "khat")))
+
+
 def read(run_dir, kind):
     """Every record of ``kind`` in ``run_dir`` (oldest name first), each with its ``path`` added."""
     if kind not in KINDS:
@@ -107,7 +118,7 @@ def read(run_dir, kind):
             record = json.loads(path.read_bytes())
         except (ValueError, UnicodeDecodeError):
             raise UserError(f"{path} is not an evaluation record (not valid JSON); delete it and run the command that wrote it again") from None
-        if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("kind") != kind:
+        if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("kind") != kind or not complete(record):
             raise UserError(f"{path} is not a pyro-vae {kind} record (format {FORMAT}); delete it and run the command that wrote it again")
         record["path"] = str(path)
         found.append(record)

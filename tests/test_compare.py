@@ -164,6 +164,7 @@ def test_the_evaluation_with_the_most_images_and_largest_k_all_runs_share_is_use
     ("other_k", r"different K .*K = 1000.*K = 5000.*--allow-different-k"),
     ("other_quantity", r"different quantities .*log p\(x \| y\)"),
     ("asked_k_missing", r"has no stored evaluation with K = 50; make one with `pyro-vae evaluate .* --num-samples 50`"),
+    ("incomplete_record", r"log_px-K1000-all-seed0.json is not a pyro-vae log_px record .*delete it and run the command that wrote it"),
 ])
 def test_comparisons_that_would_mislead_are_refused_in_one_line(tmp_path, capsys, case, message):
     x = per_image()
@@ -179,6 +180,12 @@ def test_comparisons_that_would_mislead_are_refused_in_one_line(tmp_path, capsys
         b = make_run(tmp_path, "b", x, images="pixels binarized otherwise", sets=variant)
     elif case == "other_k":
         b = make_run(tmp_path, "b", x, num_samples=5000, sets=variant)
+    elif case == "incomplete_record":
+        b = make_run(tmp_path, "b", x, sets=variant)
+        path = b / "evaluations" / "log_px-K1000-all-seed0.json"
+        record = json.loads(path.read_text())
+        record["per_image"]["log_px"].pop()
+        path.write_text(json.dumps(record))
     elif case == "other_quantity":
         b = make_run(tmp_path, "b", x, quantity="log p(x | y)", sets=["model.conditional=true"])
     else:
