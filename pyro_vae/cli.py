@@ -98,15 +98,16 @@ def cmd_evaluate(args):
 def cmd_compare(args):
     from . import compare
 
-    if args.plot is not None and not args.plot.endswith(".png"):
-        raise UserError(f"--plot must name a .png file, got {args.plot}")
+    if args.plot is not None and not (args.plot.endswith(".png") and Path(args.plot).parent.is_dir()):
+        raise UserError(f"--plot must name a .png file in an existing folder, got {args.plot}")
     rows = compare.compare(args.runs, baseline=args.baseline, num_samples=args.num_samples, allow_different_k=args.allow_different_k)
+    if args.plot is not None:  # first: a plot it cannot draw is refused before anything is printed
+        compare.plot(rows, Path(args.plot))
     print(compare.format_table(rows, args.format))
     if len({str(r["num_samples"]) for r in rows}) > 1 or any(isinstance(r["num_samples"], list) for r in rows):
         print("pyro-vae: caution: the rows were evaluated with different K; log p(x) estimates rise with K, so part of a "
               "difference is the estimator's", file=sys.stderr)
     if args.plot is not None:
-        compare.plot(rows, Path(args.plot))
         print(f"wrote {args.plot}", file=sys.stderr)
 
 

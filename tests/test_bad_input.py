@@ -264,7 +264,7 @@ ROWS = [
     Row("compare with a damaged record", damaged_record,
         ("is not an evaluation record (not valid JSON)", "delete it and run the command that wrote it again")),
     Row("compare --plot to a file that is not .png", lambda ws: ["compare", str(ws.mnist_run()), "--plot", ws.path("forest.pdf")],
-        ("--plot must name a .png file",)),
+        ("--plot must name a .png file in an existing folder",)),
     Row("run folder holds another run", lambda ws: ["train", "--out", str(ws.mnist_run()), *small(ws, "seed=1")],
         ("already holds a run", "add --resume to continue it, --overwrite to replace it")),
     Row("resume with another config", lambda ws: ["train", "--out", str(ws.mnist_run()), "--resume", *small(ws, "model.latent_dim=9")],

@@ -265,8 +265,8 @@ def test_json_output_and_forest_plot(tmp_path, capsys):
     code, out, err = run_cli(capsys, "compare", *runs, "--format", "json", "--plot", tmp_path / "forest.png")
     assert code == 0 and [r["label"] for r in json.loads(out)] == ["model.guide=diagonal", "model.guide=full_rank", "model.guide=iaf"]
     assert readable_png(tmp_path / "forest.png")
-    code, _, err = run_cli(capsys, "compare", runs[0], "--plot", tmp_path / "one.png")
-    assert code == 2 and "--plot needs at least two rows" in err
+    code, out, err = run_cli(capsys, "compare", runs[0], "--plot", tmp_path / "one.png")
+    assert code == 2 and out == "" and "--plot needs at least two rows" in err and not (tmp_path / "one.png").exists()
 
 
 def test_reading_run_folders_and_comparing_import_no_training_code(tmp_path):
