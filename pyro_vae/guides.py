@@ -44,10 +44,11 @@ MOMENT_SAMPLES = 256
 
 
 def split_encoded(encoded, family):
-    """``(loc, scale, extra)`` from the encoder's output; ``extra`` is ``None`` for a family that
-    reads none, and an encoder of one's own that gives too few outputs is told what is missing."""
+    """``(loc, scale, extra)`` from the encoder's output; ``extra`` has no features for a family that
+    reads none (or needs none: a full-rank Gaussian in one dimension), and an encoder of one's own
+    that gives too few outputs is told what is missing."""
     if family.extra_outputs == 0:
-        return encoded[0], encoded[1], None
+        return encoded[0], encoded[1], encoded[0][..., :0]
     if len(encoded) != 3 or encoded[2].shape[-1] != family.extra_outputs:
         raise UserError(
             f"model.guide = {family.name} needs the encoder to return (loc, scale, extra) with {family.extra_outputs} extra features; "
