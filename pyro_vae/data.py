@@ -158,10 +158,11 @@ def read_arrays(path):
     one line."""
     fix = "save it with numpy.save or numpy.savez, without object arrays"
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return {"x": loaded}
-        with loaded:
+        # an open file of our own: NumPy leaves the one it opens unclosed when an archive is damaged
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                return {"x": loaded}
             arrays = {name: loaded[name] for name in loaded.files}
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
