@@ -178,6 +178,8 @@ def _as_pixels(a, path, name):
         raise UserError(f"{path}: '{name}' must be a numeric array of shape (N, D) or (N, H, W), got {a.dtype} {a.shape}")
     if len(a) < 2:
         raise UserError(f"{path}: '{name}' needs at least 2 rows, got {len(a)}")
+    if not np.prod(a.shape[1:]):
+        raise UserError(f"{path}: '{name}' has no features per row (shape {a.shape}); each row must hold a datum's values")
     x = torch.as_tensor(a.reshape(len(a), -1), dtype=torch.float32)
     if not torch.isfinite(x).all():
         raise UserError(f"{path}: '{name}' contains NaN or inf values; clean or drop those rows")
