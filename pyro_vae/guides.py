@@ -134,6 +134,9 @@ class InverseAutoregressiveFlow(nn.Module):
         hidden = list(hidden)
         if flows < 1:
             raise UserError(f"model.guide: an iaf needs flows of at least 1, got {flows}")
+        if latent_dim < 2:  # an autoregressive step on one coordinate is a fixed affine map
+            raise UserError("model.guide: an iaf needs model.latent_dim of at least 2 (in one dimension a flow adds nothing to the diagonal Gaussian); "
+                            "use model.guide = \"diagonal\"")
         if context < 1:
             raise UserError(f"model.guide: an iaf needs context of at least 1 feature, got {context}")
         if not hidden or min(hidden) < latent_dim:

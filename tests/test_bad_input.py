@@ -228,6 +228,8 @@ ROWS = [
         ("mixture's init_std must be a positive number", "got 0.0")),
     Row("gaussian likelihood with a negative scale", train_new('model.likelihood={type="gaussian", scale=-1.0}'),
         ("likelihood 'gaussian': scale must be a positive number or \"learned\", got -1.0",)),
+    Row("iaf in one dimension", train_new("model.guide=iaf", "model.latent_dim=1"),
+        ("an iaf needs model.latent_dim of at least 2", 'use model.guide = "diagonal"')),
     Row("iaf with no flows", train_new("model.guide.type=iaf", "model.guide.flows=0"),
         ("an iaf needs flows of at least 1, got 0",)),
     Row("unknown objective", train_new("train.objective=vimco"),
