@@ -29,6 +29,7 @@ OBJECTIVES = ("elbo", "mean_field", "iwae")
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
 COMPILE_MODES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "burda")
 
 
 @dataclass
@@ -70,7 +71,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in all (0: no limit)
     batch_size: int = 100
     lr: float = 1e-3
-    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    lr_decay: float = 1.0  # constant schedule: the learning rate is multiplied by this after every epoch
+    lr_schedule: str = "constant"  # constant (lr, times lr_decay each epoch) | burda (Burda et al.'s 3^i-epoch stages)
+    adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. use 1e-4)
     kl_warmup_epochs: int = 0  # the KL term's weight rises linearly from 0 to 1 over these epochs
     objective: str = "mean_field"  # the ELBO with the analytic KL where one exists (lower-variance gradients)
     num_particles: int = 1
@@ -236,6 +239,8 @@ def validate(cfg):
     _at_least("train.eval_batch_size", t.eval_batch_size, 1)
     _positive("train.lr", t.lr)
     _positive("train.lr_decay", t.lr_decay, high=1.0)
+    _choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    _positive("train.adam_eps", t.adam_eps)
     _choice("train.objective", t.objective, OBJECTIVES)
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)

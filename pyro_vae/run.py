@@ -23,7 +23,7 @@ from . import data, distributed, sizes, writer
 from .errors import UserError
 from .files import atomic_write_text, load_tensors, save_tensors
 from .model import VAE
-from .train import METRIC_FIELDS, TrainState, fit
+from .train import METRIC_FIELDS, TrainState, fit, make_optimizer
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
 FORMAT_VERSION = 1
@@ -255,7 +255,7 @@ def _train_into(cfg, out, resume, overwrite, progress, world):
     vae.init_from_data(ds.train.x)  # a resumed run's weights replace this below
     ds = ds.to(world.device)
     vae.to(world.device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(vae.parameters(), cfg.train)
     state = TrainState()
     if payload is not None:
         load_weights(vae, payload["model"], out / "checkpoint.pt")
