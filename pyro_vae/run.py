@@ -82,6 +82,8 @@ def _whole(value, low=0):
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+# the training state a checkpoint carries (train.TrainState's fields; readers need no training code)
+STATE_FIELDS = {"epoch", "step", "history", "skipped"}
 # what each field of a payload must hold; "state" and "optimizer" are read only by --resume
 PAYLOAD_SCHEMA = {
     "config": lambda v: isinstance(v, str),
@@ -91,7 +93,7 @@ PAYLOAD_SCHEMA = {
     "data_fingerprint": lambda v: isinstance(v, str),
     "model": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
     "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list),
-    "state": lambda v: isinstance(v, dict) and v.keys() == {f.name for f in dataclasses.fields(TrainState)}
+    "state": lambda v: isinstance(v, dict) and v.keys() == STATE_FIELDS
     and all(_whole(v[k]) for k in ("epoch", "step", "skipped")) and isinstance(v["history"], list)
     and all(isinstance(row, dict) for row in v["history"]),
 }

@@ -201,3 +201,12 @@ def test_a_run_resumes_exactly_mid_schedule(data_dir, tmp_path):
     payload = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert payload["optimizer"]["param_groups"][0]["lr"] == 1e-3 * 10 ** (-2 / 7)  # epoch 5 (0-based 4) opens stage 2
     assert payload["optimizer"]["param_groups"][0]["eps"] == 1e-4
+
+
+def test_the_checkpoint_schema_knows_every_field_of_the_training_state():
+    import dataclasses
+
+    from pyro_vae.run import STATE_FIELDS
+    from pyro_vae.train import TrainState
+
+    assert STATE_FIELDS == {f.name for f in dataclasses.fields(TrainState)}
