@@ -56,7 +56,10 @@ def _created_folders(out):
             break
         made.append(folder)
     for folder in reversed(made):
-        folder.mkdir()
+        try:
+            folder.mkdir()
+        except NotADirectoryError:
+            raise UserError(f"--out {out} lies inside a file, not a folder; pick a folder for the run") from None
     return made
 
 

@@ -379,6 +379,8 @@ ROWS = [
     Row("newline in a --set value", train_new("train.objective=elbo\nrm -rf"), ("train.objective = 'elbo\\nrm -rf' is not valid",)),
     Row("newline in a --config path", lambda ws: ["train", "--config", ws.path("a\nb.toml"), "--out", ws.path("new_run")],
         ("a\\nb.toml does not exist",)),
+    Row("--out inside a file", lambda ws: ["train", "--out", str(made(ws, "notes.txt", "file") / "run"), *small(ws)],
+        ("notes.txt/run lies inside a file, not a folder",)),
     Row("empty --out", lambda ws: ["train", "--out", "", *small(ws)], ("--out is empty",)),
 ]
 
