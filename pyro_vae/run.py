@@ -10,6 +10,7 @@ the config as TOML text, and the fingerprint of the data it was trained on. Read
 none of the training code here.
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -19,13 +20,13 @@ import pyro
 import torch
 
 from . import config as config_lib
-from . import data, distributed
+from . import data, distributed, sizes, writer
 from .errors import UserError
 from .files import atomic_write_text
 from .runfolder import build_vae, check_same_data, class_row_labels, load_checkpoint, load_weights, save_checkpoint
 # the reader moved to runfolder.py (no training code); its names stay importable from here for users' scripts
-from .runfolder import FORMAT_VERSION, PAYLOAD_KEYS, load_run, load_split  # noqa: F401
-from .train import METRIC_FIELDS, TrainState, fit
+from .runfolder import FORMAT_VERSION, PAYLOAD_KEYS, PAYLOAD_SCHEMA, STATE_FIELDS, check_payload, load_run, load_split  # noqa: F401
+from .train import METRIC_FIELDS, TrainState, fit, make_optimizer
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
 
@@ -87,11 +88,22 @@ def write_run_figures(out, vae, ds, history):
 
 def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None):
     """Train as ``cfg`` says into run folder ``out`` (see the module docstring); ``--resume``
-    continues exactly where the last checkpoint left off. Returns ``(vae, state)``."""
+    continues exactly where the last checkpoint left off. Returns ``(vae, state)``.
+
+    The main process holds the folder's writer lock throughout (:mod:`pyro_vae.writer`), and
+    nothing is written into the folder before the first checkpoint: a run that is refused, fails
+    or is killed before then leaves the folder as it was (a replaced run whole)."""
     if world is None:
         with distributed.init(cfg.train.device) as world:
             return train_run(cfg, out, resume, overwrite, progress, world)
+    if not str(out).strip():
+        raise UserError("--out is empty; name the folder to write the run into")
     out = Path(out)
+    with writer.exclusive(out) if world.is_main else contextlib.nullcontext():
+        return _train_into(cfg, out, resume, overwrite, progress, world)
+
+
+def _train_into(cfg, out, resume, overwrite, progress, world):
     cfg, payload = prepare_run_dir(out, cfg, resume, overwrite)
     ds = data.load_dataset(cfg)
     if payload is None:
@@ -104,26 +116,39 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None
             )
         check_same_data(out, cfg, payload)
         fingerprint = payload.get("data_fingerprint")
+    sizes.check_training_fits(cfg, ds.input_dim, ds.num_classes, len(ds.train) // world.size, world.device)
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(cfg, ds.input_dim, ds.num_classes)
     data.check_data(vae, ds, cfg.data.binarize)
     vae.init_from_data(ds.train.x)  # a resumed run's weights replace this below
     ds = ds.to(world.device)
     vae.to(world.device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(vae.parameters(), cfg.train)
     state = TrainState()
     if payload is not None:
         load_weights(vae, payload["model"], out / "checkpoint.pt")
-        optimizer.load_state_dict(payload["optimizer"])
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"checkpoint {out / 'checkpoint.pt'} is damaged (its optimizer state does not fit the model: {e}); "
+                            "retrain, or restore it from a copy") from None
         state = TrainState(**payload["state"])
     world.barrier()  # every process has checked the run folder before the main one writes to it
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.toml", cfg.to_toml())
+    owns_folder = payload is not None  # a new run takes the folder over at its first checkpoint
 
     def save(state, optimizer):
-        save_checkpoint(out / "checkpoint.pt", cfg, ds, fingerprint, vae, optimizer, state)
-        atomic_write_text(out / "metrics.csv", metrics_csv(state.history))
+        nonlocal owns_folder
+
+        def write():  # the checkpoint last: the run's commit point
+            atomic_write_text(out / "config.toml", cfg.to_toml())
+            atomic_write_text(out / "metrics.csv", metrics_csv(state.history))
+            save_checkpoint(out / "checkpoint.pt", cfg, ds, fingerprint, vae, optimizer, state)
+
+        if owns_folder:
+            write()
+        else:
+            writer.switch(out, write)
+            owns_folder = True
 
     state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress, world=world)
     if world.is_main:

@@ -9,10 +9,13 @@ What ``evaluate``, ``generate``, ``encode``, ``explore`` and ``compare`` start f
 
 import csv
 import dataclasses
+import math
 from pathlib import Path
 
+import torch
+
 from . import config as config_lib
-from . import data
+from . import data, sizes, writer
 from .errors import UserError
 from .files import load_tensors, save_tensors
 from .model import VAE
@@ -58,12 +61,54 @@ def load_checkpoint(path, map_location="cpu"):
     """The payload :func:`save_checkpoint` wrote; every way it can be unusable is a ``UserError``.
     ``data_fingerprint`` is absent from runs written before it was recorded."""
     path = Path(path)
+    if path.parent.is_dir():
+        writer.recover_if_idle(path.parent)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}; train first with `pyro-vae train --out {path.parent}`")
     payload = load_tensors(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not PAYLOAD_KEYS <= payload.keys():
         raise UserError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}); retrain with this version of pyro-vae")
+    check_payload(payload, path)
     return payload
+
+
+def _whole(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+# the training state a checkpoint carries (train.TrainState's fields; readers need no training code)
+STATE_FIELDS = {"epoch", "step", "history", "skipped"}
+# what each field of a payload must hold; "state" and "optimizer" are read only by --resume
+PAYLOAD_SCHEMA = {
+    "config": lambda v: isinstance(v, str),
+    "input_dim": lambda v: _whole(v, 1),
+    "num_classes": lambda v: v is None or _whole(v, 1),
+    "image_shape": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_whole(n, 1) for n in v),
+    "data_fingerprint": lambda v: isinstance(v, str),
+    "model": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+    "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list),
+    "state": lambda v: isinstance(v, dict) and v.keys() == STATE_FIELDS
+    and all(_whole(v[k]) for k in ("epoch", "step", "skipped")) and isinstance(v["history"], list)
+    and all(isinstance(row, dict) for row in v["history"]),
+}
+
+
+def check_payload(payload, path):
+    """Every field a command reads has the type and range :func:`save_checkpoint` gives it, and
+    the stored config is one this version accepts: a payload that passes its CRC but was written
+    by something else, or edited, is refused here in one line for every command alike."""
+    def damaged(what):
+        return UserError(f"checkpoint {path} is damaged ({what}); retrain, or restore it from a copy")
+
+    for key, valid in PAYLOAD_SCHEMA.items():
+        if key in payload and not valid(payload[key]):
+            raise damaged(f"its field '{key}' holds {type(payload[key]).__name__} {str(payload[key])[:60]!r}, not what pyro-vae writes there")
+    if "image_shape" in payload and math.prod(payload["image_shape"]) != payload["input_dim"]:
+        raise damaged(f"its image_shape {payload['image_shape']} does not hold its input_dim of {payload['input_dim']} features")
+    try:
+        config_lib.loads(payload["config"], "its config")
+    except UserError as e:
+        raise damaged(str(e)) from None
 
 
 def load_weights(vae, state_dict, path):
@@ -79,6 +124,7 @@ def load_run(run_dir, device="cpu"):
     path = Path(run_dir) / "checkpoint.pt"
     payload = load_checkpoint(path, map_location=device)
     cfg = config_lib.loads(payload["config"])
+    sizes.check_training_fits(cfg, payload["input_dim"], payload["num_classes"], cfg.train.batch_size, device)
     vae = build_vae(cfg, payload["input_dim"], payload["num_classes"])
     load_weights(vae, payload["model"], path)
     return cfg, vae.to(device), payload
