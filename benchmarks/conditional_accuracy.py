@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from classifier import DEFAULT_PATH, load_classifier, predict
 
-from pyro_vae.run import load_run
+from pyro_vae.runfolder import load_run
 from pyro_vae.errors import UserError
 from pyro_vae.generate import draw
 

@@ -34,7 +34,7 @@ import torch
 from pyro import poutine
 
 from pyro_vae.marginal import KHAT_TRUST, pareto_khat
-from pyro_vae.run import load_split
+from pyro_vae.runfolder import load_split
 
 
 def log_joint(vae, x, y, z):

@@ -1,29 +1,34 @@
 """The posterior-family table: one row per guide family, each trained on MNIST with the IWAE-paper
-network by `pyro-vae train` and scored by `pyro-vae evaluate`, both run as a user runs them (whole
-processes), one family after another on the same machine.
+network by `pyro-vae train`, scored by `pyro-vae evaluate` and `pyro-vae explore`, and tabled by
+`pyro-vae compare`, all run as a user runs them (whole processes), one family after another on the
+same machine.
 
-Per row: the test ELBO after the last epoch (all 10,000 test images, `metrics.csv`); from
-`pyro-vae evaluate --num-samples K --limit N --json`: log p(x), the ELBO on those N images, the
-gap log p(x) - ELBO (an estimate of KL(q(z|x) || p(z|x))), the share of images with PSIS k-hat above
-0.7; and seconds per epoch as `metrics.csv` records them (training and the test ELBO), timed apart:
-``--rounds`` rounds, each a fresh two-epoch `pyro-vae train` of every row in turn (alternating
+The table is `pyro-vae compare`'s (Markdown), the first row the baseline: log p(x) on the first
+``--limit`` test images, with K = ``--num-samples``; the ELBO on those images; the gap log p(x) -
+ELBO (an estimate of KL(q(z|x) || p(z|x))); the share of images with PSIS k-hat above 0.7; the
+active units; the test ELBO after the last epoch (all 10,000 test images, `metrics.csv`); and
+each row's paired difference in log p(x) from the first, with its 95% interval. Then seconds per
+epoch as `metrics.csv` records them (training and the test ELBO), timed apart: ``--rounds``
+rounds (0: not timed), each a fresh two-epoch `pyro-vae train` of every row in turn (alternating
 rows, so a busy spell of the machine hits all of them), the median over rounds of each row's
 second epoch (the first also pays the step's compile).
 
     python benchmarks/guides.py [--epochs 10] [--num-samples 1000] [--limit 1000] [--rounds 5]
         [--out runs/guides] [--rows diagonal,full_rank,iaf,iaf_gated]
 
-A row whose run folder already holds a finished run of as many epochs is evaluated as it is.
+A row whose run folder already holds a finished run of as many epochs is evaluated as it is, and
+an evaluation already stored with these settings is used as it is.
 """
 
 import argparse
 import csv
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from pyro_vae import records
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "examples" / "configs" / "mnist_vae.toml"
@@ -53,16 +58,17 @@ def train(name, run, epochs, resume=False):
     pyro_vae("train", "--config", str(config), *flags, *(["--resume"] if resume else []), "--no-progress", "--out", str(run))
 
 
-def row(name, args, seconds):
+def prepare(name, args):
+    """Train, evaluate and explore the row's run where its folder does not hold them yet."""
     run = Path(args.out) / name
     done = len(metrics(run))
     if done < args.epochs:
         train(name, run, args.epochs, resume=done > 0)
-    summary = json.loads(pyro_vae("evaluate", str(run), "--num-samples", str(args.num_samples), "--limit", str(args.limit),
-                                  "--json").strip().splitlines()[-1])
-    return [name, f"{float(metrics(run)[-1]['test_elbo']):.2f}", f"{summary['log_px']:.2f} ± {summary['log_px_stderr']:.2f}",
-            f"{summary['elbo']:.2f}", f"{summary['gap']:.2f} ± {summary['gap_stderr']:.2f}",
-            f"{100 * summary['khat_frac_above_0_7']:.1f}%", f"{statistics.median(seconds):.1f}"]
+    if not (run / records.FOLDER / records.log_px_name(args.num_samples, args.limit, 0)).exists():
+        pyro_vae("evaluate", str(run), "--num-samples", str(args.num_samples), "--limit", str(args.limit))
+    if not (run / records.FOLDER / records.explore_name(0)).exists():
+        pyro_vae("explore", str(run))
+    return run
 
 
 def epoch_seconds(names, rounds):
@@ -87,13 +93,12 @@ def main():
     parser.add_argument("--rows", default=",".join(ROWS))
     args = parser.parse_args()
     names = args.rows.split(",")
-    seconds = epoch_seconds(names, args.rounds)
-    head = ["guide", "test ELBO (10,000)", f"log p(x), K = {args.num_samples}", f"ELBO ({args.limit})", "gap", "k-hat > 0.7",
-            f"s / epoch (median of {args.rounds})"]
-    print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head))
-    for name in names:
-        print("| " + " | ".join(row(name, args, seconds[name])) + " |", flush=True)
-    print("seconds per epoch, each round:", {name: [round(s, 2) for s in values] for name, values in seconds.items()})
+    runs = [str(prepare(name, args)) for name in names]
+    print(pyro_vae("compare", *runs, "--num-samples", str(args.num_samples), "--format", "markdown"), end="")
+    if args.rounds:
+        seconds = epoch_seconds(names, args.rounds)
+        print(f"seconds per epoch, median of {args.rounds} rounds:", {name: round(statistics.median(s), 2) for name, s in seconds.items()})
+        print("each round:", {name: [round(s, 2) for s in values] for name, values in seconds.items()})
 
 
 if __name__ == "__main__":

@@ -1,15 +1,17 @@
-"""Reproduce a row of the quality table: train a config for some epochs, then measure the test
-log p(x) with `pyro-vae evaluate` (importance sampling, K samples per test image), and print the
-row with its hardware, commit and timings.
+"""Reproduce a row of the quality table: train a config for some epochs, measure the test log p(x)
+with `pyro-vae evaluate` (importance sampling, K samples per test image) and the active units
+with `pyro-vae explore`, both stored in the run folder, and print the row as `pyro-vae compare`
+tables it, with its hardware, commit and timings. With ``--compare-with`` the table also holds
+those runs (the first is the baseline), paired image by image.
 
     python benchmarks/quality.py examples/configs/mnist_vae.toml --epochs 10 --num-samples 5000 --out runs/q/vae10
-    python benchmarks/quality.py examples/configs/mnist_iwae.toml --epochs 10 --out runs/q/iwae10
+    python benchmarks/quality.py examples/configs/mnist_iwae.toml --epochs 10 --out runs/q/iwae10 --compare-with runs/q/vae10
 
-An existing run folder with fewer epochs is resumed; one with as many is evaluated as it is.
+An existing run folder with fewer epochs is resumed; one with as many is evaluated as it is, and
+an evaluation (or explore) already stored with these settings is used as it is.
 """
 
 import argparse
-import json
 import platform
 import subprocess
 import sys
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.run import load_checkpoint
 from pyro_vae import config as config_lib
+from pyro_vae import records
 from pyro_vae.errors import UserError
-from pyro_vae.run import train_run
+from pyro_vae.run import load_checkpoint, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,6 +46,7 @@ def main():
     parser.add_argument("--limit", type=int, default=0, help="evaluate on the first N test images only (0: all 10,000)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--compare-with", nargs="+", default=[], metavar="RUN", help="runs to table beside this one, the first the baseline")
     args = parser.parse_args()
     out = Path(args.out)
     cfg = config_lib.load(args.config, args.overrides + [f"train.epochs={args.epochs}"])
@@ -55,22 +58,24 @@ def main():
         except UserError as e:
             sys.exit(f"quality.py: {e}")
     train_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "pyro_vae", "evaluate", str(out), "--num-samples", str(args.num_samples), "--json"]
-    if args.limit:
-        command += ["--limit", str(args.limit)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    evaluated = "stored before"
+    if not (out / records.FOLDER / records.log_px_name(args.num_samples, args.limit, 0)).exists():
+        started = time.perf_counter()
+        pyro_vae("evaluate", str(out), "--num-samples", str(args.num_samples), *(["--limit", str(args.limit)] if args.limit else []))
+        evaluated = f"{time.perf_counter() - started:.0f} s"
+    if not (out / records.FOLDER / records.explore_name(0)).exists():
+        pyro_vae("explore", str(out))
+    print(f"{Path(args.config).name} {' '.join(args.overrides)}: {args.epochs} epochs; this process: train {train_seconds:.0f} s, "
+          f"evaluate {evaluated}; {hardware()}; commit {commit()}")
+    runs = [*args.compare_with, str(out)]
+    print(pyro_vae("compare", *runs, "--num-samples", str(args.num_samples), "--format", "markdown"), end="")
+
+
+def pyro_vae(*argv):
+    result = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True)
     if result.returncode:
-        sys.exit(result.stderr)
-    summary = json.loads(result.stdout.strip().splitlines()[-1])
-    eval_seconds = time.perf_counter() - started
-    history = load_checkpoint(out / "checkpoint.pt")["state"]["history"]
-    print("| config | objective | prior | epochs | test ELBO | test log p(x) (K, images) | k-hat > 0.7 | train s | eval s | hardware | commit |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| {Path(args.config).name} {' '.join(args.overrides)} | {cfg.train.objective} k={cfg.train.num_particles} | {cfg.model.prior} "
-          f"| {args.epochs} | {history[-1]['test_elbo']:.2f} | {summary['log_px']:.2f} ± {summary['log_px_stderr']:.2f} "
-          f"({summary['num_samples']}, {summary['n']}) | {summary['khat_frac_above_0_7']:.1%} | {train_seconds:.0f} | {eval_seconds:.0f} "
-          f"| {hardware()} | {commit()} |")
+        sys.exit(f"pyro-vae {' '.join(argv)} failed:\n{result.stderr}")
+    return result.stdout
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`pyro-vae train | evaluate | generate | encode | explore`: parse arguments and call the package; nothing else.
+"""`pyro-vae train | evaluate | compare | generate | encode | explore`: parse arguments and call the package; nothing else.
 
 Every ``UserError`` becomes one line on stderr and exit status 2.
 """
@@ -38,6 +38,17 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
+
+    p = sub.add_parser("compare", help="a table of runs' stored log p(x), with paired differences against a baseline",
+                       description="Reads the evaluations `pyro-vae evaluate` stored in each run folder (no checkpoint is loaded). "
+                                   "One row per run, runs whose configs differ only in seed grouped into one row; refuses, with exit "
+                                   "status 2, evaluations on different test images or with different K.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--baseline", metavar="RUN", help="the run the others are compared with (default: the first)")
+    p.add_argument("--format", default="text", choices=("text", "markdown", "latex", "json"))
+    p.add_argument("--plot", metavar="FILE.png", help="also draw the paired differences and their 95%% intervals (a forest plot)")
+    p.add_argument("--num-samples", type=int, help="use the evaluations with this K (default: the largest K all runs share)")
+    p.add_argument("--allow-different-k", action="store_true", help="compare evaluations with different K (printed as a caveat)")
 
     p = sub.add_parser("generate", help="decode prior samples to images")
     p.add_argument("run_dir")
@@ -84,6 +95,22 @@ def cmd_evaluate(args):
                  batch_size=args.batch_size, seed=args.seed, device=args.device, json_summary=args.json)
 
 
+def cmd_compare(args):
+    from . import compare
+
+    if args.plot is not None and not (args.plot.endswith(".png") and Path(args.plot).parent.is_dir()):
+        raise UserError(f"--plot must name a .png file in an existing folder, got {args.plot}")
+    rows = compare.compare(args.runs, baseline=args.baseline, num_samples=args.num_samples, allow_different_k=args.allow_different_k)
+    if args.plot is not None:  # first: a plot it cannot draw is refused before anything is printed
+        compare.plot(rows, Path(args.plot))
+    print(compare.format_table(rows, args.format))
+    if len({str(r["num_samples"]) for r in rows}) > 1 or any(isinstance(r["num_samples"], list) for r in rows):
+        print("pyro-vae: caution: the rows were evaluated with different K; log p(x) estimates rise with K, so part of a "
+              "difference is the estimator's", file=sys.stderr)
+    if args.plot is not None:
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
 def cmd_generate(args):
     from .generate import generate_run
 
@@ -104,7 +131,7 @@ def cmd_explore(args):
     explore_run(args.run_dir, None if args.out is None else Path(args.out), json_summary=args.json, seed=args.seed)
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_generate, "encode": cmd_encode, "explore": cmd_explore}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "compare": cmd_compare, "generate": cmd_generate, "encode": cmd_encode, "explore": cmd_explore}
 
 
 def main(argv=None):

@@ -2,21 +2,23 @@
 
 Evaluates on the run's test set, binarized as the run was trained (a dynamically binarized run
 gets the same seeded draw every time, so numbers are reproducible), and writes into the run folder
-``log_px.csv`` (one row per test datum) and ``diagnostics.png`` (k-hat and ESS histograms).
+a record of the evaluation under its settings (``evaluations/log_px-K...json``,
+:mod:`pyro_vae.records`: what ``pyro-vae compare`` reads), ``log_px.csv`` (one row per test
+datum, the latest evaluation's) and ``diagnostics.png`` (k-hat and ESS histograms).
 """
 
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
-from . import noise, plots, sizes
+from . import noise, plots, records, sizes
 from .distributed import resolve_device
 from .errors import UserError
 from .files import atomic_write_text
 from .marginal import KHAT_TRUST, estimate_log_px
-from .run import load_split
+from .records import finite_or_none
+from .runfolder import load_split
 
 CSV_FIELDS = ("index", "label", "log_px", "elbo", "gap", "ess", "khat")
 
@@ -35,11 +37,12 @@ def check_args(num_samples, limit, batch_size, chunk_size, seed):
 
 def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size=100, seed=0, device="auto", json_summary=False):
     """log p(x) of the run's test set (its first ``limit`` images); prints the table (and with
-    ``json_summary`` a JSON line) and writes ``log_px.csv`` and ``diagnostics.png``."""
+    ``json_summary`` a JSON line) and writes the evaluation's record, ``log_px.csv`` and
+    ``diagnostics.png``."""
     check_args(num_samples, limit, batch_size, chunk_size, seed)
     run_dir = Path(run_dir)
     device = resolve_device(device, option="--device")
-    cfg, vae, _, test = load_split(run_dir, "test", limit, device)
+    cfg, vae, payload, test = load_split(run_dir, "test", limit, device)
     # a batch's K log weights are kept (float64) for the ESS and the Pareto fit
     sizes.check_tensor_fits(2 * num_samples * min(batch_size, len(test)), f"{num_samples:,} log weights for each of a batch's images",
                             "--num-samples", "cpu")
@@ -47,17 +50,22 @@ def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size
     result = estimate_log_px(vae, test.x, test.y, num_samples=num_samples, chunk_size=chunk_size or None,
                              batch_size=batch_size, seed=seed, progress=True)
     summary = result.summary()
+    record = records.new_record(
+        "log_px", {"num_samples": num_samples, "limit": limit, "seed": seed},
+        records.images(test, limit), payload.get("data_fingerprint"), summary,
+        {"log_px": result.log_px.tolist(), "elbo": result.elbo.tolist(), "ess": result.ess.tolist(), "khat": result.khat.tolist()},
+        quantity=quantity(conditional))
+    stored = records.write(run_dir, records.log_px_name(num_samples, limit, seed), record)
     atomic_write_text(run_dir / "log_px.csv", per_datum_csv(result, test.y))
     plots.diagnostics_figure(run_dir / "diagnostics.png", result.khat, result.ess, result.num_samples, KHAT_TRUST)
-    print(table(summary, run_dir, cfg.data.binarize, conditional, vae.family.name))
+    print(table(summary, run_dir, cfg.data.binarize, conditional, vae.family.name, stored))
     if json_summary:
         print(json.dumps({key: finite_or_none(value) for key, value in summary.items()}))
     return result
 
 
-def finite_or_none(value):
-    """JSON has no inf or NaN: an infinite k-hat or a one-datum standard error becomes null."""
-    return value if isinstance(value, int) or math.isfinite(value) else None
+def quantity(conditional):
+    return "log p(x | y)" if conditional else "log p(x)"
 
 
 def per_datum_csv(result, labels):
@@ -71,18 +79,19 @@ def per_datum_csv(result, labels):
     return buffer.getvalue()
 
 
-def table(s, run_dir, binarize, conditional, family):
-    quantity = "log p(x | y), y = true test label" if conditional else "log p(x)"
+def table(s, run_dir, binarize, conditional, family, stored):
+    what = quantity(conditional) + (", y = true test label" if conditional else "")
     test_set = {"dynamic": "one fixed-seed binarization", "static": "static binarization", "none": "not binarized"}[binarize]
     rows = [
         f"{run_dir}: {s['n']} test data ({test_set}), K = {s['num_samples']} importance samples per datum, proposal q(z|x) (guide family: {family})",
         f"{'':30} {'mean':>10} {'std. err.':>10}   (nats per datum)",
-        f"{quantity:30} {s['log_px']:10.3f} {s['log_px_stderr']:10.3f}",
+        f"{what:30} {s['log_px']:10.3f} {s['log_px_stderr']:10.3f}",
         f"{'ELBO':30} {s['elbo']:10.3f} {s['elbo_stderr']:10.3f}",
         f"{'gap = log p(x) - ELBO':30} {s['gap']:10.3f} {s['gap_stderr']:10.3f}   (KL from q(z|x) to p(z|x))",
         f"{'ESS (of K)':30} {s['ess_mean']:10.1f}",
         f"{'PSIS k-hat, max':30} {s['khat_max']:10.2f}",
         f"{'data with k-hat > 0.7':30} {100 * s['khat_frac_above_0_7']:9.1f}%   (their estimates are not to be trusted)",
         f"per-datum results: {run_dir / 'log_px.csv'}; k-hat and ESS histograms: {run_dir / 'diagnostics.png'}",
+        f"record (read by `pyro-vae compare`): {stored}",
     ]
     return "\n".join(rows)

@@ -28,10 +28,10 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import kl_divergence
 
-from . import noise
+from . import noise, records
 from .errors import UserError
 from .files import atomic_write_bytes
-from .run import load_split
+from .runfolder import load_split
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 KL_SAMPLES = 16  # z draws per datum for a Monte Carlo KL
@@ -261,6 +261,9 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     if stderr is not None:
         summary["kl_stderr"] = stderr.tolist()
         summary["kl_samples_per_datum"] = KL_SAMPLES
+    # kept for `pyro-vae compare` (its active-units column), one record per seed
+    records.write(run_dir, records.explore_name(seed), records.new_record(
+        "explore", {"seed": seed}, records.images(test, 0), payload.get("data_fingerprint"), summary))
     print(table(summary, run_dir, out))
     if json_summary:
         print(json.dumps(summary))

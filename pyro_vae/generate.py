@@ -9,7 +9,7 @@ import torch
 from . import noise, sizes
 from .errors import UserError
 from .files import atomic_write_bytes
-from .run import class_row_labels, load_run
+from .runfolder import class_row_labels, load_run
 
 
 def labels_for(vae, n, digit, same_style):

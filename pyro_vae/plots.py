@@ -126,3 +126,18 @@ def diagnostics_figure(path, khat, ess, num_samples, khat_trust):
     ax_e.set_title("effective sample size of the importance weights")
     fig.tight_layout()
     save_figure(path, fig)
+
+
+def forest_plot(path, labels, estimates, lows, highs, xlabel):
+    """One horizontal line per row: the estimate as a dot and its interval as a bar, top to
+    bottom in the order given, with the line of no difference at 0."""
+    fig, ax = plt.subplots(figsize=(8, 1.6 + 0.45 * len(labels)))
+    rows = list(range(len(labels)))[::-1]
+    spans = [[e - low for e, low in zip(estimates, lows)], [high - e for e, high in zip(estimates, highs)]]
+    ax.errorbar(estimates, rows, xerr=spans, fmt="o", color="black", ecolor="black", capsize=4)
+    ax.axvline(0, color="grey", linestyle="--", linewidth=1)
+    ax.set_yticks(rows, labels)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.set_xlabel("\n".join(textwrap.wrap(xlabel, 55)))
+    fig.tight_layout()
+    save_figure(path, fig)

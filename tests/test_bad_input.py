@@ -201,6 +201,19 @@ class Row:
 
 
 GREY = np.full((10, 4), 0.5, dtype=np.float32)
+def unevaluated(run):
+    """The run without the evaluations other tests may have stored in the session's run."""
+    shutil.rmtree(run / "evaluations", ignore_errors=True)
+    return run
+
+
+def damaged_record(ws):
+    run = unevaluated(ws.mnist_run())
+    (run / "evaluations").mkdir()
+    (run / "evaluations" / "log_px-K2-all-seed0.json").write_text('{"format": 1, "kind": "log_px", "per_im')
+    return ["compare", str(run)]
+
+
 ROWS = [
     Row("unknown prior", train_new("model.prior=flat"),
         ("unknown prior 'flat' for model.prior", f"valid names: {', '.join(PRIORS.names())}"), subprocess=True),
@@ -299,6 +312,14 @@ ROWS = [
         ("is truncated or corrupted", "fails its CRC-32 check", "restore it from a copy")),
     Row("checkpoint config does not match its weights", lambda ws: ["generate", str(damage_checkpoint(ws, "latent_dim")), "--out", ws.path("x.npz")],
         ("does not match the model its config describes", "size mismatch", "use the config.toml it was trained with")),
+    Row("compare a folder that is not a run", lambda ws: ["compare", ws.path("")],
+        ("is not a run folder (no config.toml)", "written by `pyro-vae train --out`")),
+    Row("compare a run never evaluated", lambda ws: ["compare", str(unevaluated(ws.mnist_run()))],
+        ("has no stored evaluation", "make one with `pyro-vae evaluate", "--num-samples 1000`")),
+    Row("compare with a damaged record", damaged_record,
+        ("is not an evaluation record (not valid JSON)", "delete it and run the command that wrote it again")),
+    Row("compare --plot to a file that is not .png", lambda ws: ["compare", str(ws.mnist_run()), "--plot", ws.path("forest.pdf")],
+        ("--plot must name a .png file in an existing folder",)),
     Row("run folder holds another run", lambda ws: ["train", "--out", str(ws.mnist_run()), *small(ws, "seed=1")],
         ("already holds a run", "add --resume to continue it, --overwrite to replace it")),
     Row("resume with another config", lambda ws: ["train", "--out", str(ws.mnist_run()), "--resume", *small(ws, "model.latent_dim=9")],
