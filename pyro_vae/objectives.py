@@ -32,6 +32,7 @@ import math
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import AffineAutoregressive
+from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.distributions.util import scale_and_mask
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
@@ -115,8 +116,34 @@ def _detached_flow(transform):
     weights = {name: p.detach() for name, p in arn.named_parameters()}
     network = functools.partial(lambda inputs, **kw: torch.func.functional_call(arn, weights, (inputs,), kw), **kwargs)
     network.permutation = arn.permutation
-    return AffineAutoregressive(network, log_scale_min_clip=transform.log_scale_min_clip, log_scale_max_clip=transform.log_scale_max_clip,
-                                sigmoid_bias=transform.sigmoid_bias, stable=transform.stable)
+    return _FixedPointInverse(network, log_scale_min_clip=transform.log_scale_min_clip, log_scale_max_clip=transform.log_scale_max_clip,
+                              sigmoid_bias=transform.sigmoid_bias, stable=transform.stable)
+
+
+class _FixedPointInverse(AffineAutoregressive):
+    """An affine autoregressive step inverted without reading its permutation's values, so that
+    the inversion traces into a static graph (Pyro's loops over the permutation's entries, which a
+    graph capture cannot see): D sweeps of ``x <- (y - m(x)) / s(x)`` from zero. The coordinate in
+    place p of the autoregressive order depends only on places before it, so after sweep p it is
+    exact as a function of y, and after D sweeps so is all of x, derivatives included."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._inverse = self._sweeps
+
+    def _sweeps(self, y):
+        x = torch.zeros_like(y)
+        for _ in range(y.shape[-1]):
+            mean, raw = self.arn(x)
+            if self.stable:
+                log_scale = self.logsigmoid(raw + self.sigmoid_bias)
+                x = (y - (1 - log_scale.exp()) * mean) * (-log_scale).exp()
+            else:
+                log_scale = clamp_preserve_gradients(raw, self.log_scale_min_clip, self.log_scale_max_clip)
+                x = (y - mean) * (-log_scale).exp()
+        # the last sweep's scales are those at the final x (each reads only exact coordinates)
+        self._cached_log_scale = log_scale
+        return x
 
 
 def scale_latent_gradients(guide_trace, factor):
