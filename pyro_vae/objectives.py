@@ -21,7 +21,7 @@ model's parameters at fixed z (the decoder, a learned prior), the path through z
 (:math:`\partial_z \log w_k \, \partial_\phi z_k`) and the guide's score at fixed z
 (:math:`\partial_\phi \log q_\phi(z_k)`, zero in expectation). The doubly reparameterized and
 sticking-the-landing estimators drop the score channel; they evaluate :math:`\log q` at the sample
-with the guide's distribution parameters detached (:func:`detached`), and reweight the path
+with the guide's distribution parameters detached (:func:`rebuilt`), and reweight the path
 channel with a gradient hook on each latent sample (:func:`scale_latent_gradients`), which
 ``torch.func`` and ``make_fx`` trace like any other backward operation.
 """
@@ -59,14 +59,14 @@ def site_log_prob(site):
 def stopped_parameters(site):
     r""":math:`\log q_{\bar\phi}(z)`: the site's log-density re-evaluated at its value with the
     distribution's parameters detached, so that its gradient reaches the parameters only through z."""
-    return scale_and_mask(detached(site["fn"], site["name"]).log_prob(site["value"]), site["scale"], site["mask"])
+    return scale_and_mask(rebuilt(site["fn"], site["name"]).log_prob(site["value"]), site["scale"], site["mask"])
 
 
 def stopped_value(site):
     r""":math:`\log q_\phi(\bar z)`: the site's log-density at its detached value, whose gradient is the
     score channel alone (for a flow this inverts it: its cached intermediates are z's, not the
     detached value's)."""
-    return scale_and_mask(site["fn"].log_prob(site["value"].detach()), site["scale"], site["mask"])
+    return scale_and_mask(rebuilt(site["fn"], site["name"], detach=False).log_prob(site["value"].detach()), site["scale"], site["mask"])
 
 
 def log_weights(model_trace, guide_trace, guide_log_prob=site_log_prob):
@@ -87,21 +87,25 @@ def log_weights(model_trace, guide_trace, guide_log_prob=site_log_prob):
     return total
 
 
-def detached(fn, name):
-    """``fn`` rebuilt from detached copies of its parameters, for the families the guides build: a
-    Normal (independent or not), a MultivariateNormal, and a TransformedDistribution of those by
-    affine autoregressive flows, whose networks are called with detached copies of their weights
-    and context (``torch.func.functional_call``). The rebuilt transforms hold no cache, so the
-    flow's log-density at z inverts the flow from z: the cached intermediates of the sample are
-    functions of the parameters, and reading them would bring the score channel back."""
+def rebuilt(fn, name, detach=True):
+    """``fn`` rebuilt to score values other than its own samples, from detached copies of its
+    parameters (``detach``) or its live ones, for the families the guides build: a Normal
+    (independent or not), a MultivariateNormal, and a TransformedDistribution of those by affine
+    autoregressive flows, whose networks are called with detached copies of their weights and
+    context (``torch.func.functional_call``). The rebuilt transforms hold no cache, so the flow's
+    log-density at z inverts the flow from z (:class:`_FixedPointInverse`, which traces): the
+    cached intermediates of the sample are functions of the parameters, and reading them would
+    bring the score channel back. With ``detach`` a distribution of another kind is refused."""
     if isinstance(fn, dist.Independent):
-        return dist.Independent(detached(fn.base_dist, name), fn.reinterpreted_batch_ndims)
+        return dist.Independent(rebuilt(fn.base_dist, name, detach), fn.reinterpreted_batch_ndims)
+    if isinstance(fn, dist.TransformedDistribution) and all(isinstance(t, AffineAutoregressive) for t in fn.transforms):
+        return dist.TransformedDistribution(rebuilt(fn.base_dist, name, detach), [_flow_step(t, detach) for t in fn.transforms])
+    if not detach:
+        return fn
     if isinstance(fn, dist.Normal):
         return dist.Normal(fn.loc.detach(), fn.scale.detach())
     if isinstance(fn, dist.MultivariateNormal):
         return dist.MultivariateNormal(fn.loc.detach(), scale_tril=fn.scale_tril.detach())
-    if isinstance(fn, dist.TransformedDistribution) and all(isinstance(t, AffineAutoregressive) for t in fn.transforms):
-        return dist.TransformedDistribution(detached(fn.base_dist, name), [_detached_flow(t) for t in fn.transforms])
     raise UserError(
         f"the guide's site '{name}' is a {type(fn).__name__}, whose log-density this objective cannot re-evaluate with its "
         "parameters' gradients stopped (it can for Normal, MultivariateNormal and affine autoregressive flows of them); "
@@ -109,11 +113,11 @@ def detached(fn, name):
     )
 
 
-def _detached_flow(transform):
+def _flow_step(transform, detach):
     arn, kwargs = transform.arn, {}
     if isinstance(arn, functools.partial):  # a conditioned flow: the network and its context
-        arn, kwargs = arn.func, {k: v.detach() if torch.is_tensor(v) else v for k, v in arn.keywords.items()}
-    weights = {name: p.detach() for name, p in arn.named_parameters()}
+        arn, kwargs = arn.func, {k: v.detach() if detach and torch.is_tensor(v) else v for k, v in arn.keywords.items()}
+    weights = {name: p.detach() for name, p in arn.named_parameters()} if detach else {}
     network = functools.partial(lambda inputs, **kw: torch.func.functional_call(arn, weights, (inputs,), kw), **kwargs)
     network.permutation = arn.permutation
     return _FixedPointInverse(network, log_scale_min_clip=transform.log_scale_min_clip, log_scale_max_clip=transform.log_scale_max_clip,
