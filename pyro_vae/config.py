@@ -22,10 +22,12 @@ from .files import read_user_file
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
+from .objectives import OBJECTIVES as OBJECTIVE_REGISTRY, make_objective
 from .priors import PRIORS
 
 BINARIZATIONS = ("dynamic", "static", "none")
-OBJECTIVES = ("elbo", "mean_field", "iwae")
+# the built-in objectives (pyro_vae.objectives registers them; a registered one of your own is valid too)
+OBJECTIVES = tuple(OBJECTIVE_REGISTRY.names())
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
 COMPILE_MODES = ("auto", "on", "off")
@@ -75,7 +77,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant (lr, times lr_decay each epoch) | burda (Burda et al.'s 3^i-epoch stages)
     adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. use 1e-4)
     kl_warmup_epochs: int = 0  # the KL term's weight rises linearly from 0 to 1 over these epochs
-    objective: str = "mean_field"  # the ELBO with the analytic KL where one exists (lower-variance gradients)
+    # a name or {type = name, ...params}; "mean_field": the ELBO with the analytic KL where one exists
+    objective: object = "mean_field"
     num_particles: int = 1
     device: str = "auto"
     compile: str = "auto"  # the training step traced and compiled: auto (where it can be) | on | off
@@ -182,7 +185,7 @@ def _check_type(key, value, default):
         value = float(value) if ok else value
     elif isinstance(default, list):
         ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-    elif isinstance(default, str) and key in ("model.prior", "model.likelihood", "model.guide"):
+    elif isinstance(default, str) and key in ("model.prior", "model.likelihood", "model.guide", "train.objective"):
         ok = isinstance(value, (str, dict))
     else:
         ok = isinstance(value, str)
@@ -241,7 +244,9 @@ def validate(cfg):
     _positive("train.lr_decay", t.lr_decay, high=1.0)
     _choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
     _positive("train.adam_eps", t.adam_eps)
-    _choice("train.objective", t.objective, OBJECTIVES)
+    if isinstance(t.objective, str):
+        _choice("train.objective", t.objective, OBJECTIVE_REGISTRY.names())
+    make_objective(t.objective, t.num_particles)  # its parameters' checks (bounds against num_particles, ...)
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)

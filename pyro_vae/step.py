@@ -11,7 +11,8 @@ Pyro's ``Trace_ELBO`` family reads every site's log-density back with ``.item()`
 
 Compiled, the model and guide are traced once per input shape into one graph of tensor
 operations: the gradient and value (``torch.func.grad_and_value``) of
-:func:`objectives.sync_free_loss` with the parameters swapped in by
+the objective's ``differentiable_loss`` (its one tensor-only reduction of the traces,
+:meth:`objectives.Objective.reduce`, the same call as eager) with the parameters swapped in by
 ``torch.func.functional_call``, the binarization uniforms, the guide's standard-normal noise and
 the KL weight as inputs (:class:`noise.GivenNoise`), captured by ``make_fx`` on fake tensors and compiled by inductor (on
 CUDA replayed as a CUDA graph, ``mode="reduce-overhead"``). The random numbers are drawn outside
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 from . import distributed, noise
 from .config import COMPILE_MODES
 from .errors import UserError
-from .objectives import LatentScale, sync_free_loss
+from .objectives import LatentScale
 
 # frames in these folders are the machinery; the first frame outside them is the user's code
 _LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro, contextlib)) + (str(Path(__file__).parent),)
@@ -70,7 +71,7 @@ class TracedLoss(LossModule):
         if uniforms is not None:
             x = (uniforms < x).to(x.dtype)
         with noise.GivenNoise(eps), LatentScale(kl_weight):
-            return sync_free_loss(self.objective, self.vae.model, self.vae.guide, x, y)
+            return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y)
 
 
 @dataclass
@@ -191,6 +192,10 @@ class Step:
         return params, others
 
     def _trace(self, key, x, uniforms, y, step_noise):
+        if not callable(getattr(self.objective, "reduce", None)):
+            # Pyro's own ELBOs read each site's log-density back with .item(): no graph to trace
+            raise NotTraceable(f"the objective {type(self.objective).__name__} is not a pyro_vae.objectives.Objective "
+                               "(it has no tensor-only reduction of its traces to trace)")
         started = time.perf_counter()
         # a forward pass with throwaway noise finds the guide's noise sites and their shapes
         probe = noise.StepNoise(0, 0, step_noise.global_size, step_noise.rows, x.device)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from . import distributed, noise
 from .errors import UserError
-from .objectives import make_objective, monte_carlo_kl_note
+from .objectives import MeanFieldELBO, make_objective, monte_carlo_kl_note
 from .step import Step
 
 PROGRESS_REFRESH_SECONDS = 0.5  # how often the progress bar reads the running ELBO back from the device
@@ -159,7 +159,7 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     step = Step(vae, make_objective(t.objective, t.num_particles), dynamic_binarization=cfg.data.binarize == "dynamic",
                 compile=t.compile, world=world)
     report = progress and world.is_main
-    if t.objective == "mean_field" and report:
+    if isinstance(step.objective, MeanFieldELBO) and report:
         first = ds.train[:1]
         if note := monte_carlo_kl_note(vae, first.x, first.y):
             step.log(note)

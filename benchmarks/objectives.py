@@ -1,0 +1,133 @@
+"""The objectives table: standard IWAE against DReG (and PIWAE / MIWAE) on MNIST with the IWAE-paper
+network, each row trained by `pyro-vae train` and scored by `pyro-vae evaluate` and `pyro-vae
+explore`, as a user runs them (whole processes).
+
+Per row: the test ELBO of q after the last epoch (all 10,000 test images, `metrics.csv`); from
+`pyro-vae evaluate RUN --num-samples K --limit N --json`: log p(x) on the first N test images, the
+ELBO on them and the gap log p(x) - ELBO; the paired difference in log p(x) against the standard
+IWAE row with the same number of samples (`log_px.csv`, the same images and the same seeded
+evaluation draws), with its standard error over images; active units (`pyro-vae explore --json`);
+the median of the run's own seconds per epoch after the first (training and the test ELBO, as
+`metrics.csv` records them). With ``--snr-draws D``, the encoder-gradient signal-to-noise ratio of
+both estimators at each trained model: D seeded draws of the k-sample gradient on the first 100
+test images, |mean| / std per encoder weight, averaged over weights.
+
+    python benchmarks/objectives.py [--epochs 10] [--out runs/objectives] [--rows iwae_k5,dreg_k5,iwae_k50,dreg_k50]
+        [--num-samples 1000] [--limit 1000] [--snr-draws 0]
+
+A row whose run folder holds fewer epochs than --epochs is trained on (`--resume`, exact);
+one that holds as many is evaluated as it is.
+"""
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "examples" / "configs" / "mnist_iwae.toml"
+ROWS = {  # name: (objective, k, the standard row it is paired with)
+    "iwae_k5": ("iwae", 5, None),
+    "dreg_k5": ("dreg", 5, "iwae_k5"),
+    "iwae_k50": ("iwae", 50, None),
+    "dreg_k50": ("dreg", 50, "iwae_k50"),
+    "iwae_k64": ("iwae", 64, None),
+    "piwae_k64": ('{type="piwae", bounds=8}', 64, "iwae_k64"),
+    "miwae_k64": ('{type="miwae", bounds=8}', 64, "iwae_k64"),
+}
+
+
+def pyro_vae(*argv):
+    done = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True)
+    if done.returncode:
+        sys.exit(f"pyro-vae {' '.join(argv)} failed:\n{done.stderr}")
+    return done.stdout
+
+
+def last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def read_csv(path):
+    return list(csv.DictReader(path.open())) if path.exists() else []
+
+
+def train(name, run, epochs):
+    objective, k, _ = ROWS[name]
+    done = len(read_csv(run / "metrics.csv"))
+    if done >= epochs:
+        return
+    sets = [f"train.objective={objective}", f"train.num_particles={k}", f"train.epochs={epochs}"]
+    pyro_vae("train", "--config", str(CONFIG), *[a for s in sets for a in ("--set", s)], *(["--resume"] if done else []),
+             "--no-progress", "--out", str(run))
+
+
+def paired(run, baseline):
+    """Mean and standard error over images of log p(x) minus the baseline's, on the same images."""
+    mine = {r["index"]: float(r["log_px"]) for r in read_csv(run / "log_px.csv")}
+    theirs = {r["index"]: float(r["log_px"]) for r in read_csv(baseline / "log_px.csv")}
+    d = [mine[i] - theirs[i] for i in mine if i in theirs]
+    return statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d))
+
+
+def encoder_snr(run, objective, k, draws):
+    """Encoder-gradient SNR of ``objective`` with k samples at the trained weights of ``run``."""
+    import torch
+
+    from pyro_vae import noise
+    from pyro_vae.objectives import make_objective
+    from pyro_vae.run import load_split
+    from pyro_vae.step import Step
+
+    _, vae, _, test = load_split(run, "test", 100, "cpu")
+    step = Step(vae, make_objective(objective, k), dynamic_binarization=False, compile="off")
+    x = test.x
+    grads = []
+    for d in range(draws):
+        step(x, test.y, noise.StepNoise(1, d, len(x), slice(None), x.device))
+        grads.append(torch.cat([p.grad.reshape(-1) for p in vae.encoder.parameters()]))
+    g = torch.stack(grads)
+    return (g.mean(0).abs() / g.std(0)).nanmean().item()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--out", default="runs/objectives")
+    parser.add_argument("--rows", default="iwae_k5,dreg_k5,iwae_k50,dreg_k50")
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--limit", type=int, default=1000)
+    parser.add_argument("--snr-draws", type=int, default=0)
+    args = parser.parse_args()
+    names = args.rows.split(",")
+    for name in names:
+        if name not in ROWS:
+            sys.exit(f"unknown row {name!r}; rows: {', '.join(ROWS)}")
+    head = ["objective", "k", "epochs", "test ELBO of q (10,000)", f"log p(x), K = {args.num_samples}", "paired vs IWAE, same k",
+            f"ELBO ({args.limit})", "gap", "active units", "s / epoch (median)"]
+    if args.snr_draws:
+        head += [f"encoder SNR, IWAE gradient ({args.snr_draws} draws)", "encoder SNR, DReG gradient"]
+    print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head), flush=True)
+    for name in names:
+        objective, k, baseline = ROWS[name]
+        run = Path(args.out) / name
+        train(name, run, args.epochs)
+        summary = last_json(pyro_vae("evaluate", str(run), "--num-samples", str(args.num_samples), "--limit", str(args.limit), "--json"))
+        explored = last_json(pyro_vae("explore", str(run), "--out", str(run / "explore"), "--json"))
+        history = read_csv(run / "metrics.csv")
+        seconds = [float(r["seconds"]) for r in history[1:]] or [float(history[0]["seconds"])]
+        difference = "" if baseline is None else "{:+.2f} ± {:.2f}".format(*paired(run, Path(args.out) / baseline))
+        cells = [objective.replace('"', ""), str(k), str(len(history)), f"{float(history[-1]['test_elbo']):.2f}",
+                 f"{summary['log_px']:.2f} ± {summary['log_px_stderr']:.2f}", difference, f"{summary['elbo']:.2f}",
+                 f"{summary['gap']:.2f}", str(explored["active_units"]), f"{statistics.median(seconds):.0f}"]
+        if args.snr_draws:
+            cells += [f"{encoder_snr(run, 'iwae', k, args.snr_draws):.3f}", f"{encoder_snr(run, 'dreg', k, args.snr_draws):.3f}"]
+        print("| " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
