@@ -10,7 +10,7 @@ atomically, so they read the last complete checkpoint while a run trains.
 A run writes nothing into its folder before its first checkpoint, so a run that fails or is killed
 in its first epoch leaves the folder as it was: empty for a new run, the old run whole for an
 ``--overwrite``. At that first checkpoint the old run's files (:data:`OUTPUTS`: what ``train``,
-``evaluate`` and ``explore`` write under their own names; files a user named, such as
+``evaluate`` and ``explore`` write under their own names, the stored evaluations included; files a user named, such as
 ``generate --out run/sevens.png``, stay) are moved aside into :data:`ASIDE`, the new run's files
 written with ``checkpoint.pt`` last, and the old files deleted.
 A kill during that switch is undone by :func:`recover` at the next command on the folder: with no
@@ -23,6 +23,7 @@ import os
 import shutil
 from pathlib import Path
 
+from . import records
 from .errors import UserError
 
 ASIDE = ".replaced-run"  # the old run, whole, until the new run's first checkpoint is written
@@ -30,7 +31,7 @@ PARTIAL = ".replaced-run.partial"  # the old run while it is being moved aside
 CHECKPOINT = "checkpoint.pt"
 # the files the package writes into a run folder under names of its own
 OUTPUTS = ("config.toml", CHECKPOINT, "metrics.csv", "samples.png", "reconstructions.png", "loss.png", "log_px.csv",
-           "diagnostics.png", "latent_map.png", "interpolations.png", "traversals.png", "manifold.png")
+           "diagnostics.png", "latent_map.png", "interpolations.png", "traversals.png", "manifold.png", records.FOLDER)
 
 
 def holder(folder):

@@ -119,9 +119,11 @@ def test_an_overwrite_whose_first_checkpoint_cannot_be_written_restores_the_old_
 
 def test_an_overwrite_replaces_the_runs_own_files_and_keeps_the_users(old_run, data_dir):
     (old_run / "log_px.csv").write_text("an evaluation of the old run\n")
+    (old_run / "evaluations").mkdir(exist_ok=True)
+    (old_run / "evaluations" / "log_px-K2-all-seed0.json").write_text("{}")
     assert cli.main(train_args(data_dir, old_run, "--overwrite", overrides=[*QUICK, "seed=5"])) == 0
     assert "seed = 5" in (old_run / "config.toml").read_text()
-    assert not (old_run / "log_px.csv").exists()  # no evaluation of the old run beside the new one
+    assert not (old_run / "log_px.csv").exists() and not (old_run / "evaluations").exists()  # no evaluation of the old run beside the new one
     assert (old_run / "sevens.png").read_bytes() == b"a figure the user asked generate for"
     assert not (old_run / writer.ASIDE).exists()
 
