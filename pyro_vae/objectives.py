@@ -6,7 +6,7 @@ import math
 
 import torch
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
 from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
@@ -76,7 +76,10 @@ def sync_free_loss(objective, model, guide, *args):
     """
     if isinstance(objective, IWAE_ELBO):  # already a tensor expression
         return objective.differentiable_loss(model, guide, *args)
+    if isinstance(objective, TraceEnum_ELBO):
+        raise UserError("the sync-free loss cannot sum out enumerated sites; train a model with enumerated sites eager (train.compile = off)")
     ((model_trace, guide_trace),) = objective._get_traces(model, guide, args, {})
+    check_summable(guide_trace)
     mean_field = isinstance(objective, TraceMeanField_ELBO)
     elbo = 0.0
     for name, site in model_trace.nodes.items():
@@ -95,6 +98,20 @@ def sync_free_loss(objective, model, guide, *args):
         if guide_site is not None and not site["is_observed"]:
             elbo = elbo - guide_site["log_prob_sum"]
     return -elbo / objective.num_particles
+
+
+def check_summable(guide_trace):
+    """The sync-free loss is the sum of the sites' log-densities: right for reparameterized sites
+    only. An enumerated site would have its values added up instead of summed out, and a sampled
+    discrete one would lose its score-function term; both are refused rather than trained wrong."""
+    for name, site in guide_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        if site["infer"].get("enumerate") or not getattr(site["fn"], "has_rsample", False):
+            raise UserError(
+                f"the compiled step sums log-densities, which is wrong for the guide's site '{name}' "
+                f"({'enumerated' if site['infer'].get('enumerate') else 'not reparameterized'}); train it eager (train.compile = off)"
+            )
 
 
 class LatentScale(Messenger):
@@ -130,9 +147,21 @@ def monte_carlo_kl_note(vae, x, y=None):
     return None
 
 
-def make_objective(name, num_particles=1):
+ENUMERATION_OBJECTIVES = ("elbo", "mean_field")
+
+
+def make_objective(name, num_particles=1, enumerated=False):
     """``elbo`` -> Trace_ELBO, ``mean_field`` -> TraceMeanField_ELBO (analytic KL where it exists),
-    ``iwae`` -> the importance-weighted bound with ``num_particles`` samples, vectorized."""
+    ``iwae`` -> the importance-weighted bound with ``num_particles`` samples, vectorized.
+
+    ``enumerated``: the guide has sites to sum out (the semi-supervised model's label); ``elbo``
+    and ``mean_field`` are then both ``TraceEnum_ELBO``, whose KL(q(z|x,y) || p(z)) is the Monte
+    Carlo term (Pyro has no analytic-KL form of it); ``iwae`` has no enumerated form."""
+    if enumerated:
+        if name not in ENUMERATION_OBJECTIVES:
+            raise UserError(f"train.objective = {name!r} cannot sum out the semi-supervised model's unknown labels; "
+                            f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)} (or data.labelled = 0)")
+        return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)
     if name == "iwae":
         return IWAE_ELBO(num_particles)
     cls = {"elbo": Trace_ELBO, "mean_field": TraceMeanField_ELBO}[name]
