@@ -23,6 +23,7 @@ from .priors import PRIORS
 
 BINARIZATIONS = ("dynamic", "static", "none")
 OBJECTIVES = ("elbo", "mean_field", "iwae")
+ENUMERATION_OBJECTIVES = ("elbo", "mean_field")  # the objectives that sum out an enumerated label
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
 COMPILE_MODES = ("auto", "on", "off")
@@ -48,6 +49,7 @@ class DataConfig:
     binarize: str = "dynamic"
     limit: int = 0  # use only the first N training images (0: all)
     test_limit: int = 0  # use only the first N test images (0: all)
+    labelled: int = 0  # keep the labels of only N training images, balanced across classes (0: all); semi-supervised
 
 
 @dataclass
@@ -59,6 +61,7 @@ class ModelConfig:
     conditional: bool = False
     encoder: NetworkConfig = field(default_factory=NetworkConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    classifier: NetworkConfig = field(default_factory=NetworkConfig)  # q(y|x) of a semi-supervised model (data.labelled > 0)
 
 
 @dataclass
@@ -75,6 +78,8 @@ class TrainConfig:
     compile: str = "auto"  # the training step traced and compiled: auto (where it can be) | on | off
     nan_policy: str = "stop"
     eval_batch_size: int = 1000
+    supervised_weight: float = 50.0  # semi-supervised: alpha, the weight of each known label's -log q(y|x)
+    labelled_batch_size: int = 100  # semi-supervised: known labels added to every step, cycled (0: mixed in proportion)
 
 
 @dataclass
@@ -204,7 +209,10 @@ def validate(cfg):
         prior_cls(cfg.model.latent_dim, 1, **prior_params)
         likelihood_cls(1, **likelihood_params)
         guide_cls(cfg.model.latent_dim, **guide_params)
-    for part in ("encoder", "decoder"):
+    _at_least("data.labelled", cfg.data.labelled, 0)
+    if cfg.data.labelled and not cfg.model.conditional:
+        raise UserError(f"data.labelled = {cfg.data.labelled} trains the semi-supervised conditional model; set model.conditional = true, or data.labelled = 0")
+    for part in ("encoder", "decoder", "classifier"):
         net = getattr(cfg.model, part)
         _choice(f"model.{part}.type", net.type, NETWORK_TYPES)
         _choice(f"model.{part}.activation", net.activation, tuple(ACTIVATIONS))
@@ -228,3 +236,9 @@ def validate(cfg):
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
+    if not 0 <= t.supervised_weight < float("inf"):
+        raise UserError(f"train.supervised_weight must be a finite number of at least 0, got {t.supervised_weight}")
+    _at_least("train.labelled_batch_size", t.labelled_batch_size, 0)
+    if cfg.data.labelled and t.objective not in ENUMERATION_OBJECTIVES:
+        raise UserError(f"train.objective = {t.objective!r} cannot sum out the unknown labels of a semi-supervised run (data.labelled > 0); "
+                        f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)}")

@@ -10,6 +10,7 @@ from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELB
 from pyro.poutine.messenger import Messenger
 from torch.distributions import kl_divergence
 
+from .config import ENUMERATION_OBJECTIVES
 from .errors import UserError
 
 
@@ -145,9 +146,6 @@ def monte_carlo_kl_note(vae, x, y=None):
             return (f"train.objective = mean_field: KL(q(z|x) || p(z)) has no closed form for the {vae.family.name} guide "
                     f"and the {vae.prior.name} prior, so that term is a Monte Carlo estimate, as with train.objective = elbo")
     return None
-
-
-ENUMERATION_OBJECTIVES = ("elbo", "mean_field")
 
 
 def make_objective(name, num_particles=1, enumerated=False):
