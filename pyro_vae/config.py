@@ -239,6 +239,9 @@ def validate(cfg):
     if not 0 <= t.supervised_weight < float("inf"):
         raise UserError(f"train.supervised_weight must be a finite number of at least 0, got {t.supervised_weight}")
     _at_least("train.labelled_batch_size", t.labelled_batch_size, 0)
+    if cfg.data.labelled and t.compile == "on":
+        raise UserError("train.compile = on cannot compile a semi-supervised run (data.labelled > 0): its label is summed out by "
+                        "Pyro's enumeration, which has no static graph; use train.compile = auto or off")
     if cfg.data.labelled and t.objective not in ENUMERATION_OBJECTIVES:
         raise UserError(f"train.objective = {t.objective!r} cannot sum out the unknown labels of a semi-supervised run (data.labelled > 0); "
                         f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)}")
