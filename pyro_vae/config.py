@@ -79,7 +79,7 @@ class TrainConfig:
     nan_policy: str = "stop"
     eval_batch_size: int = 1000
     supervised_weight: float = 50.0  # semi-supervised: alpha, the weight of each known label's -log q(y|x)
-    labelled_batch_size: int = 100  # semi-supervised: known labels added to every step, cycled (0: mixed in proportion)
+    labelled_batch_size: int = 20  # semi-supervised: known labels added to every step, cycled (0: mixed in proportion)
 
 
 @dataclass
