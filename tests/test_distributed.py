@@ -26,10 +26,14 @@ def set_args(data_dir, overrides):
     return args
 
 
-@pytest.mark.parametrize("objective, compile", [("elbo", "on"), ("iwae", "off")])
-def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, objective, compile):
+SEMI_SUPERVISED = ["model.conditional=true", "data.labelled=20", "train.labelled_batch_size=10"]
+
+
+@pytest.mark.parametrize("objective, compile, extra", [("elbo", "on", []), ("iwae", "off", []), ("elbo", "auto", SEMI_SUPERVISED)],
+                         ids=["elbo-compiled", "iwae-eager", "semi-supervised"])
+def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, objective, compile, extra):
     # compiled, the step all-reduces the gradients itself; eager, DistributedDataParallel does
-    overrides = OVERRIDES + [f"train.objective={objective}", f"train.num_particles={1 if objective == 'elbo' else 3}", f"train.compile={compile}"]
+    overrides = OVERRIDES + [f"train.objective={objective}", f"train.num_particles={1 if objective == 'elbo' else 3}", f"train.compile={compile}", *extra]
     train_run(small_config(data_dir, *overrides), tmp_path / "one", progress=False)
     result = torchrun(2, ["train", "--out", str(tmp_path / "two"), "--no-progress", *set_args(data_dir, overrides)])
     assert result.returncode == 0, result.stderr[-2000:]
