@@ -4,7 +4,7 @@ draw of the labelled set, beside the published figures; and the conditional gene
 
     python benchmarks/classifier.py                      # once, for --generation
     python benchmarks/semisupervised.py --out runs/ss [--labels 100 600 1000 3000] [--draws 3]
-        [--config examples/configs/mnist_m2.toml] [--set KEY=VALUE ...] [--generation]
+        [--config examples/configs/mnist_m2.toml] [--set KEY=VALUE ...] [--generation] [--first-draw D]
 
 Each (labels, draw) is a run folder ``OUT/labels{L}_draw{d}`` trained with ``seed = d`` (the
 seed draws the labelled set, and everything else); a finished run is read, not retrained, so
@@ -56,13 +56,14 @@ def main(argv=None):
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     parser.add_argument("--labels", type=int, nargs="+", default=[100, 600, 1000, 3000])
     parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--first-draw", type=int, default=0, help="start at this draw (to split a sweep over processes)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--generation", action="store_true")
     args = parser.parse_args(argv)
     rows = []
     for labels in args.labels:
         records = []
-        for draw in range(args.draws):
+        for draw in range(args.first_draw, args.draws):
             cfg = config.load(args.config, [*args.overrides, f"seed={draw}", f"data.labelled={labels}"])
             record = trained(args.out / f"labels{labels}_draw{draw}", cfg)
             print(f"{labels} labels, draw {draw}: accuracy {record['accuracy']:.4f} ({record['minutes']:.1f} min)", flush=True)
