@@ -243,3 +243,10 @@ def test_generate_digit_and_encode_y_probs_on_an_m2_run(m2_run, tmp_path):
     arrays = np.load(tmp_path / "e.npz")
     assert arrays["y_probs"].shape == (12, 10) and arrays["y_probs"].dtype == np.float32
     assert np.allclose(arrays["y_probs"].sum(1), 1, atol=1e-5)
+
+
+def test_evaluate_says_a_cvae_reports_log_p_x_given_y(trained_cvae_run, capsys):
+    assert main(["evaluate", str(trained_cvae_run), "--num-samples", "2", "--limit", "5", "--json"]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["quantity"] == "log p(x | y)" and "accuracy" not in summary and "log p(x | y), y = true test label" in out
