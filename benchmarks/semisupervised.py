@@ -43,7 +43,8 @@ def trained(run_dir, cfg):
     cfg, vae, _ = load_run(run_dir)
     # every test image, whatever data.test_limit kept for the per-epoch test ELBO
     test = load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_limit=0))).test
-    record = {"minutes": minutes, "epochs": cfg.train.epochs, "steps": sum(1 for _ in open(run_dir / "metrics.csv")) - 1}
+    last = (run_dir / "metrics.csv").read_text().splitlines()[-1].split(",")
+    record = {"minutes": minutes, "epochs": int(last[0]), "steps": int(last[1])}
     if vae.semi_supervised:
         record["accuracy"] = classifier_accuracy(vae, test.x, test.y)
     record_path.write_text(json.dumps(record))
