@@ -8,7 +8,7 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,18 +109,22 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "generate": cmd_genera
 
 
 def main(argv=None):
+    command = None
     try:
         args = build_parser().parse_args(argv)
-        COMMANDS[args.command](args)
+        command = args.command
+        COMMANDS[command](args)
     except UserError as e:
         print(f"pyro-vae: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # disk full, permissions: the machine's problem, said in one line
-        print(f"pyro-vae: error: cannot read or write {e.filename or 'a file'}: {e.strerror or e}; "
-              "free space or fix permissions, then run again (training continues with --resume)", file=sys.stderr)
+        then = "run again (training continues with --resume)" if command == "train" else "run the command again"
+        print(one_line(f"pyro-vae: error: cannot read or write {e.filename or 'a file'}: {e.strerror or e}; free space or fix permissions, then {then}"),
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("pyro-vae: interrupted; the last completed epoch's checkpoint is kept (continue with --resume)", file=sys.stderr)
+        kept = "the last completed epoch's checkpoint is kept (continue with --resume)" if command == "train" else "no file was left half-written"
+        print(f"pyro-vae: interrupted; {kept}", file=sys.stderr)
         return 130
     return 0
 

@@ -4,6 +4,7 @@ valid choices.
 """
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 
@@ -15,7 +16,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from . import noise, sizes
 from .errors import UserError
+from .files import read_user_file
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
@@ -27,6 +30,7 @@ ENUMERATION_OBJECTIVES = ("elbo", "mean_field")  # the objectives that sum out a
 DEVICES = ("auto", "cpu", "cuda")
 NAN_POLICIES = ("stop", "skip")
 COMPILE_MODES = ("auto", "on", "off")
+LR_SCHEDULES = ("constant", "burda")
 
 
 @dataclass
@@ -70,7 +74,9 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many steps in all (0: no limit)
     batch_size: int = 100
     lr: float = 1e-3
-    lr_decay: float = 1.0  # the learning rate is multiplied by this after every epoch
+    lr_decay: float = 1.0  # constant schedule: the learning rate is multiplied by this after every epoch
+    lr_schedule: str = "constant"  # constant (lr, times lr_decay each epoch) | burda (Burda et al.'s 3^i-epoch stages)
+    adam_eps: float = 1e-8  # Adam's epsilon (torch's default; Burda et al. use 1e-4)
     kl_warmup_epochs: int = 0  # the KL term's weight rises linearly from 0 to 1 over these epochs
     objective: str = "mean_field"  # the ELBO with the analytic KL where one exists (lower-variance gradients)
     num_particles: int = 1
@@ -97,21 +103,28 @@ def load(path=None, overrides=()):
     """Defaults, then the TOML file at ``path`` (if any), then each ``key=value`` override."""
     raw = {}
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist; check the path given to --config") from None
-        except tomllib.TOMLDecodeError as e:
-            raise UserError(f"config file {path} is not valid TOML: {e}") from None
+        raw = parse_toml(read_user_file(path, "config file", "--config"), f"config file {path}")
     for item in overrides:
         apply_override(raw, item)
     return from_dict(raw)
 
 
-def loads(text):
+def parse_toml(data, what):
+    """The table in TOML ``data`` (bytes or text); ``what`` names the source in the error."""
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{what} is not UTF-8 text (byte {data[e.start]:#04x} at offset {e.start}); save it as UTF-8, as TOML requires") from None
+    try:
+        return tomllib.loads(data)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{what} is not valid TOML: {e}") from None
+
+
+def loads(text, what="config text"):
     """Parse a config from TOML text (as stored in checkpoints)."""
-    return from_dict(tomllib.loads(text))
+    return from_dict(parse_toml(text, what))
 
 
 def apply_override(raw, item):
@@ -194,8 +207,18 @@ def _at_least(key, value, low):
         raise UserError(f"{key} must be at least {low}, got {value}")
 
 
+def _positive(key, value, high=math.inf):
+    """A finite positive number that float32, the training precision, holds as such (not 0, not inf)."""
+    if not (0 < value <= high and math.isfinite(value)):
+        bound = f" and at most {high}" if math.isfinite(high) else ""
+        raise UserError(f"{key} must be a finite positive number{bound}, got {value}")
+    if float(torch.tensor(value, dtype=torch.float32)) == 0:
+        raise UserError(f"{key} = {value} is 0 in float32, the precision training runs in; use a value of at least 1e-30")
+
+
 def validate(cfg):
     """Check ranges and names; raises ``UserError`` naming the key and what would be valid."""
+    noise.check_seed(cfg.seed, "seed")
     _choice("data.binarize", cfg.data.binarize, BINARIZATIONS)
     _at_least("data.limit", cfg.data.limit, 0)
     _at_least("data.test_limit", cfg.data.test_limit, 0)
@@ -203,12 +226,6 @@ def validate(cfg):
     prior_cls, prior_params = PRIORS.resolve(cfg.model.prior, "model.prior")
     likelihood_cls, likelihood_params = LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
     guide_cls, guide_params = GUIDES.resolve(cfg.model.guide, "model.guide")
-    # each part built once for its own range checks, so that they fail before any data load; no
-    # random draws spent. The data's width is not known yet: one feature stands in for it.
-    with torch.random.fork_rng():
-        prior_cls(cfg.model.latent_dim, 1, **prior_params)
-        likelihood_cls(1, **likelihood_params)
-        guide_cls(cfg.model.latent_dim, **guide_params)
     _at_least("data.labelled", cfg.data.labelled, 0)
     if cfg.data.labelled and not cfg.model.conditional:
         raise UserError(f"data.labelled = {cfg.data.labelled} trains the semi-supervised conditional model; set model.conditional = true, or data.labelled = 0")
@@ -228,10 +245,10 @@ def validate(cfg):
     _at_least("train.batch_size", t.batch_size, 1)
     _at_least("train.num_particles", t.num_particles, 1)
     _at_least("train.eval_batch_size", t.eval_batch_size, 1)
-    if not t.lr > 0:
-        raise UserError(f"train.lr must be positive, got {t.lr}")
-    if not 0 < t.lr_decay <= 1:
-        raise UserError(f"train.lr_decay must lie in (0, 1], got {t.lr_decay}")
+    _positive("train.lr", t.lr)
+    _positive("train.lr_decay", t.lr_decay, high=1.0)
+    _choice("train.lr_schedule", t.lr_schedule, LR_SCHEDULES)
+    _positive("train.adam_eps", t.adam_eps)
     _choice("train.objective", t.objective, OBJECTIVES)
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
@@ -245,3 +262,12 @@ def validate(cfg):
     if cfg.data.labelled and t.objective not in ENUMERATION_OBJECTIVES:
         raise UserError(f"train.objective = {t.objective!r} cannot sum out the unknown labels of a semi-supervised run (data.labelled > 0); "
                         f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)}")
+    # sizes no machine holds are refused before any part is built; the data's width is not known
+    # yet (one feature stands in for it), so train checks again once the data are loaded
+    sizes.check_training_fits(cfg, 1, None, t.batch_size, "cpu")
+    # each part built once for its own range checks, so that they fail before any data load; no
+    # random draws spent
+    with torch.random.fork_rng():
+        prior_cls(cfg.model.latent_dim, 1, **prior_params)
+        likelihood_cls(1, **likelihood_params)
+        guide_cls(cfg.model.latent_dim, **guide_params)

@@ -10,6 +10,8 @@ import hashlib
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import torch
 
 from . import noise
 from .errors import UserError
+from .files import check_regular_file
 from .model import UNKNOWN
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -140,13 +143,8 @@ def load_arrays(path, test_fraction=0.1):
     ``y_test``). Images of shape (N, H, W) are flattened; without ``x_test`` the last
     ``test_fraction`` of the rows is held out for testing."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"data file {path} does not exist; check data.path")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise UserError(f"cannot read {path} as a .npy/.npz array file ({e}); save it with numpy.save or numpy.savez") from None
-    arrays = {"x": loaded} if isinstance(loaded, np.ndarray) else dict(loaded)
+    check_regular_file(path, "data file", "data.path")
+    arrays = read_arrays(path)
     if "x" not in arrays:
         raise UserError(f"{path} has no array named 'x'; save the pixels with numpy.savez(path, x=..., y=...)")
     x = _as_pixels(arrays["x"], path, "x")
@@ -163,11 +161,35 @@ def load_arrays(path, test_fraction=0.1):
     return Dataset(train, test, tuple(image_shape), num_classes)
 
 
+def read_arrays(path):
+    """Every array in the ``.npy`` or ``.npz`` file ``path``, by name (``x`` for a ``.npy``). NumPy
+    reads an archive's members lazily, so they are all read here, where each way a file can be
+    damaged (empty, truncated, a failed CRC, pickled objects, a member that is not an array) is
+    one line."""
+    fix = "save it with numpy.save or numpy.savez, without object arrays"
+    try:
+        # an open file of our own: NumPy leaves the one it opens unclosed when an archive is damaged
+        with open(path, "rb") as f:
+            loaded = np.load(f, allow_pickle=False)
+            if isinstance(loaded, np.ndarray):
+                return {"x": loaded}
+            arrays = {name: loaded[name] for name in loaded.files}
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path} as a .npy/.npz array file ({reason}); {fix}") from None
+    for name, value in arrays.items():
+        if not isinstance(value, np.ndarray):
+            raise UserError(f"{path}: member '{name}' is not a NumPy array; {fix}")
+    return arrays
+
+
 def _as_pixels(a, path, name):
     if a.dtype.kind not in "fiub" or a.ndim not in (2, 3):
         raise UserError(f"{path}: '{name}' must be a numeric array of shape (N, D) or (N, H, W), got {a.dtype} {a.shape}")
     if len(a) < 2:
         raise UserError(f"{path}: '{name}' needs at least 2 rows, got {len(a)}")
+    if not np.prod(a.shape[1:]):
+        raise UserError(f"{path}: '{name}' has no features per row (shape {a.shape}); each row must hold a datum's values")
     x = torch.as_tensor(a.reshape(len(a), -1), dtype=torch.float32)
     if not torch.isfinite(x).all():
         raise UserError(f"{path}: '{name}' contains NaN or inf values; clean or drop those rows")

@@ -15,7 +15,7 @@ import json
 import math
 from pathlib import Path
 
-from . import plots
+from . import noise, plots, sizes
 from .distributed import resolve_device
 from .errors import UserError
 from .files import atomic_write_text
@@ -25,7 +25,8 @@ from .run import load_split
 CSV_FIELDS = ("index", "label", "log_px", "elbo", "gap", "ess", "khat")
 
 
-def check_args(num_samples, limit, batch_size, chunk_size):
+def check_args(num_samples, limit, batch_size, chunk_size, seed):
+    noise.check_seed(seed, "--seed")
     if num_samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {num_samples} (the papers' figure uses 5000)")
     if limit < 0:
@@ -39,10 +40,13 @@ def check_args(num_samples, limit, batch_size, chunk_size):
 def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size=100, seed=0, device="auto", json_summary=False):
     """log p(x) of the run's test set (its first ``limit`` images); prints the table (and with
     ``json_summary`` a JSON line) and writes ``log_px.csv`` and ``diagnostics.png``."""
-    check_args(num_samples, limit, batch_size, chunk_size)
+    check_args(num_samples, limit, batch_size, chunk_size, seed)
     run_dir = Path(run_dir)
     device = resolve_device(device, option="--device")
     cfg, vae, _, test = load_split(run_dir, "test", limit, device)
+    # a batch's K log weights are kept (float64) for the ESS and the Pareto fit
+    sizes.check_tensor_fits(2 * num_samples * min(batch_size, len(test)), f"{num_samples:,} log weights for each of a batch's images",
+                            "--num-samples", "cpu")
     options = dict(num_samples=num_samples, chunk_size=chunk_size or None, batch_size=batch_size, seed=seed, progress=True)
     if vae.semi_supervised:
         result = estimate_log_px_summed(vae, test.x, **options)

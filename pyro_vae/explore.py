@@ -28,6 +28,7 @@ import pyro.distributions as dist
 import torch
 from torch.distributions import kl_divergence
 
+from . import noise
 from .errors import UserError
 from .files import atomic_write_bytes
 from .run import load_split
@@ -147,6 +148,8 @@ def project_2d(loc):
         return loc, ("z[0] (posterior mean)", "z[1] (posterior mean)")
     if d == 1:
         return torch.cat([loc, torch.zeros_like(loc)], 1), ("z[0] (posterior mean)", "(none: the latent has one dimension)")
+    if len(loc) < 2:  # one image has no spread to find principal components in
+        return loc[:, :2], ("z[0] (posterior mean)", "z[1] (posterior mean)")
     centred = loc - loc.mean(0)
     _, singular, vt = torch.linalg.svd(centred, full_matrices=False)
     share = 100 * singular**2 / (singular**2).sum()
@@ -175,6 +178,7 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     folder), print the active units and per-dimension KL, and return them as a dict."""
     from . import plots  # matplotlib and torchvision: only where figures are drawn
 
+    noise.check_seed(seed, "--seed")
     run_dir = Path(run_dir)
     out = run_dir if out is None else Path(out)
     if out.exists() and not out.is_dir():

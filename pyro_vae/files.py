@@ -9,6 +9,7 @@ opening a checkpoint someone sent you runs no pickled code.
 import io
 import os
 import pickle
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -19,23 +20,51 @@ from .errors import UserError
 
 
 def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` whole or not at all. A failure of the machine (disk full,
+    permissions) is an ``OSError`` naming ``path``, not the temporary file."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; give a file name to write")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files follow the umask like any other
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
     finally:
-        os.close(dir_fd)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def read_user_file(path, what, option):
+    """The bytes of a file the user named with ``option`` (see :func:`check_regular_file`)."""
+    check_regular_file(path, what, option)
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def check_regular_file(path, what, option):
+    """Refuse, in one line, anything but a regular file where the user named one with ``option``:
+    a folder, or a named pipe, whose open would block forever, is refused before it is opened."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist; check the path given to {option}") from None
+    except OSError as e:
+        raise UserError(f"cannot look at {what} {path} ({e.strerror}); check the path given to {option}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise UserError(f"{what} {path} is {kind}; give {option} a file")
 
 
 def _umask():

@@ -6,6 +6,7 @@ import numpy as np
 import pyro
 import torch
 
+from . import noise, sizes
 from .errors import UserError
 from .files import atomic_write_bytes
 from .run import class_row_labels, load_run
@@ -38,6 +39,8 @@ def draw(vae, n, digit=None, same_style=False, seed=0):
     """
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
+    noise.check_seed(seed, "--seed")
+    sizes.check_tensor_fits(n * (vae.num_classes or 1) * (vae.input_dim + vae.latent_dim), f"{n:,} images", "--n", vae.device)
     labels, nrow = labels_for(vae, n, digit, same_style)
     pyro.set_rng_seed(seed)
     count = n if labels is None else len(labels)

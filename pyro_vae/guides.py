@@ -44,10 +44,11 @@ MOMENT_SAMPLES = 256
 
 
 def split_encoded(encoded, family):
-    """``(loc, scale, extra)`` from the encoder's output; ``extra`` is ``None`` for a family that
-    reads none, and an encoder of one's own that gives too few outputs is told what is missing."""
+    """``(loc, scale, extra)`` from the encoder's output; ``extra`` has no features for a family that
+    reads none (or needs none: a full-rank Gaussian in one dimension), and an encoder of one's own
+    that gives too few outputs is told what is missing."""
     if family.extra_outputs == 0:
-        return encoded[0], encoded[1], None
+        return encoded[0], encoded[1], encoded[0][..., :0]
     if len(encoded) != 3 or encoded[2].shape[-1] != family.extra_outputs:
         raise UserError(
             f"model.guide = {family.name} needs the encoder to return (loc, scale, extra) with {family.extra_outputs} extra features; "
@@ -133,6 +134,9 @@ class InverseAutoregressiveFlow(nn.Module):
         hidden = list(hidden)
         if flows < 1:
             raise UserError(f"model.guide: an iaf needs flows of at least 1, got {flows}")
+        if latent_dim < 2:  # an autoregressive step on one coordinate is a fixed affine map
+            raise UserError("model.guide: an iaf needs model.latent_dim of at least 2 (in one dimension a flow adds nothing to the diagonal Gaussian); "
+                            "use model.guide = \"diagonal\"")
         if context < 1:
             raise UserError(f"model.guide: an iaf needs context of at least 1 feature, got {context}")
         if not hidden or min(hidden) < latent_dim:

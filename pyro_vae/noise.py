@@ -18,10 +18,19 @@ import pyro.distributions as dist
 import torch
 from pyro.poutine.messenger import Messenger
 
+from .errors import UserError
+
 
 # the kinds of draw; a new kind takes the next number, and the numbers never change
 STREAMS = {"shuffle": 0, "step": 1, "train_pixels": 2, "test_pixels": 3, "labelled_choice": 4, "labelled_shuffle": 5}
 SEED_RANGE = (0, 2**32 - 1)
+
+
+def check_seed(seed, option):
+    """Refuse, naming ``option``, a seed outside what NumPy and torch both accept."""
+    low, high = SEED_RANGE
+    if not low <= seed <= high:
+        raise UserError(f"{option} must lie in {low}..{high}, got {seed}")
 
 
 def seeded(seed, kind, index=0, device="cpu"):

@@ -1,6 +1,9 @@
 """Name -> class registries for priors and likelihoods, so new ones plug in with a decorator."""
 
 import inspect
+import math
+
+import torch
 
 from .errors import UserError
 
@@ -49,7 +52,7 @@ class Registry:
             if param not in defaults:
                 valid = ", ".join(defaults) or "none"
                 raise UserError(f"unknown parameter '{param}' for {self.kind} '{name}' in {key}; valid parameters: {valid}")
-            expected = _type_like(defaults[param], value)
+            expected = _type_like(defaults[param], value) or _float32_problem(value)
             if expected:
                 raise UserError(f"parameter '{param}' of {self.kind} '{name}' in {key} must be {expected}, got {value!r}")
         return cls, params
@@ -59,6 +62,19 @@ class Registry:
         """The user-settable keyword-only parameters of ``cls`` with their defaults."""
         signature = inspect.signature(cls.__init__)
         return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def _float32_problem(value):
+    """What a real ``value`` should be where float32, the training precision, cannot hold it as
+    given (NaN or inf; a magnitude that overflows, or a nonzero one that underflows to 0)."""
+    if not isinstance(value, float):
+        return None
+    if not math.isfinite(value):
+        return "a finite number"
+    single = float(torch.tensor(value, dtype=torch.float32))
+    if not math.isfinite(single) or (value != 0 and single == 0):
+        return "a number float32 can hold (magnitude between about 1e-38 and 3e38, or 0)"
+    return None
 
 
 def _type_like(default, value):

@@ -8,20 +8,22 @@ side by side below with its format version: tensors and plain data only, the con
 text, and the fingerprint of the data it was trained on.
 """
 
+import contextlib
 import csv
 import dataclasses
 import io
+import math
 from pathlib import Path
 
 import pyro
 import torch
 
 from . import config as config_lib
-from . import data, distributed
+from . import data, distributed, sizes, writer
 from .errors import UserError
 from .files import atomic_write_text, load_tensors, save_tensors
 from .model import VAE
-from .train import METRIC_FIELDS, TrainState, fit
+from .train import METRIC_FIELDS, TrainState, fit, make_optimizer
 
 RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
 FORMAT_VERSION = 1
@@ -66,12 +68,54 @@ def load_checkpoint(path, map_location="cpu"):
     """The payload :func:`save_checkpoint` wrote; every way it can be unusable is a ``UserError``.
     ``data_fingerprint`` is absent from runs written before it was recorded."""
     path = Path(path)
+    if path.parent.is_dir():
+        writer.recover_if_idle(path.parent)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}; train first with `pyro-vae train --out {path.parent}`")
     payload = load_tensors(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT_VERSION or not PAYLOAD_KEYS <= payload.keys():
         raise UserError(f"{path} is not a pyro-vae checkpoint (format {FORMAT_VERSION}); retrain with this version of pyro-vae")
+    check_payload(payload, path)
     return payload
+
+
+def _whole(value, low=0):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+# the training state a checkpoint carries (train.TrainState's fields; readers need no training code)
+STATE_FIELDS = {"epoch", "step", "history", "skipped"}
+# what each field of a payload must hold; "state" and "optimizer" are read only by --resume
+PAYLOAD_SCHEMA = {
+    "config": lambda v: isinstance(v, str),
+    "input_dim": lambda v: _whole(v, 1),
+    "num_classes": lambda v: v is None or _whole(v, 1),
+    "image_shape": lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_whole(n, 1) for n in v),
+    "data_fingerprint": lambda v: isinstance(v, str),
+    "model": lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items()),
+    "optimizer": lambda v: isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list),
+    "state": lambda v: isinstance(v, dict) and v.keys() == STATE_FIELDS
+    and all(_whole(v[k]) for k in ("epoch", "step", "skipped")) and isinstance(v["history"], list)
+    and all(isinstance(row, dict) for row in v["history"]),
+}
+
+
+def check_payload(payload, path):
+    """Every field a command reads has the type and range :func:`save_checkpoint` gives it, and
+    the stored config is one this version accepts: a payload that passes its CRC but was written
+    by something else, or edited, is refused here in one line for every command alike."""
+    def damaged(what):
+        return UserError(f"checkpoint {path} is damaged ({what}); retrain, or restore it from a copy")
+
+    for key, valid in PAYLOAD_SCHEMA.items():
+        if key in payload and not valid(payload[key]):
+            raise damaged(f"its field '{key}' holds {type(payload[key]).__name__} {str(payload[key])[:60]!r}, not what pyro-vae writes there")
+    if "image_shape" in payload and math.prod(payload["image_shape"]) != payload["input_dim"]:
+        raise damaged(f"its image_shape {payload['image_shape']} does not hold its input_dim of {payload['input_dim']} features")
+    try:
+        config_lib.loads(payload["config"], "its config")
+    except UserError as e:
+        raise damaged(str(e)) from None
 
 
 def load_weights(vae, state_dict, path):
@@ -87,6 +131,7 @@ def load_run(run_dir, device="cpu"):
     path = Path(run_dir) / "checkpoint.pt"
     payload = load_checkpoint(path, map_location=device)
     cfg = config_lib.loads(payload["config"])
+    sizes.check_training_fits(cfg, payload["input_dim"], payload["num_classes"], cfg.train.batch_size, device)
     vae = build_vae(cfg, payload["input_dim"], payload["num_classes"])
     load_weights(vae, payload["model"], path)
     return cfg, vae.to(device), payload
@@ -178,11 +223,22 @@ def class_row_labels(vae, n):
 
 def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None):
     """Train as ``cfg`` says into run folder ``out`` (see the module docstring); ``--resume``
-    continues exactly where the last checkpoint left off. Returns ``(vae, state)``."""
+    continues exactly where the last checkpoint left off. Returns ``(vae, state)``.
+
+    The main process holds the folder's writer lock throughout (:mod:`pyro_vae.writer`), and
+    nothing is written into the folder before the first checkpoint: a run that is refused, fails
+    or is killed before then leaves the folder as it was (a replaced run whole)."""
     if world is None:
         with distributed.init(cfg.train.device) as world:
             return train_run(cfg, out, resume, overwrite, progress, world)
+    if not str(out).strip():
+        raise UserError("--out is empty; name the folder to write the run into")
     out = Path(out)
+    with writer.exclusive(out) if world.is_main else contextlib.nullcontext():
+        return _train_into(cfg, out, resume, overwrite, progress, world)
+
+
+def _train_into(cfg, out, resume, overwrite, progress, world):
     cfg, payload = prepare_run_dir(out, cfg, resume, overwrite)
     ds = data.load_dataset(cfg)
     if payload is None:
@@ -195,26 +251,39 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None
             )
         check_same_data(out, cfg, payload)
         fingerprint = payload.get("data_fingerprint")
+    sizes.check_training_fits(cfg, ds.input_dim, ds.num_classes, len(ds.train) // world.size, world.device)
     pyro.set_rng_seed(cfg.seed)
     vae = build_vae(cfg, ds.input_dim, ds.num_classes)
     data.check_data(vae, ds, cfg.data.binarize)
     vae.init_from_data(ds.train.x)  # a resumed run's weights replace this below
     ds = ds.to(world.device)
     vae.to(world.device)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.train.lr)
+    optimizer = make_optimizer(vae.parameters(), cfg.train)
     state = TrainState()
     if payload is not None:
         load_weights(vae, payload["model"], out / "checkpoint.pt")
-        optimizer.load_state_dict(payload["optimizer"])
+        try:
+            optimizer.load_state_dict(payload["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise UserError(f"checkpoint {out / 'checkpoint.pt'} is damaged (its optimizer state does not fit the model: {e}); "
+                            "retrain, or restore it from a copy") from None
         state = TrainState(**payload["state"])
     world.barrier()  # every process has checked the run folder before the main one writes to it
-    if world.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.toml", cfg.to_toml())
+    owns_folder = payload is not None  # a new run takes the folder over at its first checkpoint
 
     def save(state, optimizer):
-        save_checkpoint(out / "checkpoint.pt", cfg, ds, fingerprint, vae, optimizer, state)
-        atomic_write_text(out / "metrics.csv", metrics_csv(state.history))
+        nonlocal owns_folder
+
+        def write():  # the checkpoint last: the run's commit point
+            atomic_write_text(out / "config.toml", cfg.to_toml())
+            atomic_write_text(out / "metrics.csv", metrics_csv(state.history))
+            save_checkpoint(out / "checkpoint.pt", cfg, ds, fingerprint, vae, optimizer, state)
+
+        if owns_folder:
+            write()
+        else:
+            writer.switch(out, write)
+            owns_folder = True
 
     state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress, world=world)
     if world.is_main:

@@ -36,6 +36,31 @@ class TrainState:
     skipped: int = 0  # non-finite batches skipped under nan_policy = "skip"
 
 
+BURDA_STAGES = 8  # Burda et al. 2015: stage i trains 3^i epochs at lr 1e-3 x 10^(-i/7), i = 0..7
+BURDA_EPOCHS = sum(3**i for i in range(BURDA_STAGES))  # 3280
+
+
+def learning_rate(t, epoch):
+    """The learning rate of (0-based) ``epoch`` under ``train.lr_schedule``: a function of the epoch
+    alone, so a resumed run continues on the schedule exactly, mid-stage or not.
+
+    ``constant``: ``lr * lr_decay ** epoch``. ``burda``: Burda et al.'s stages, ``lr * 10 ** (-i / 7)``
+    for the 3^i epochs of stage i (1 + 3 + ... + 2187 = 3280 epochs in all; past them the last
+    stage's rate)."""
+    if t.lr_schedule == "constant":
+        return t.lr * t.lr_decay**epoch
+    stage, start = 0, 0
+    while stage < BURDA_STAGES - 1 and epoch >= start + 3**stage:
+        start += 3**stage
+        stage += 1
+    return t.lr * 10 ** (-stage / 7)
+
+
+def make_optimizer(parameters, t):
+    """Adam at the schedule's first rate, with ``train.adam_eps`` (the paper's schedule uses 1e-4)."""
+    return torch.optim.Adam(parameters, lr=learning_rate(t, 0), eps=t.adam_eps)
+
+
 def kl_weight(step, warmup_epochs, steps_per_epoch):
     """KL warm-up: the weight of the latent terms at (0-based) ``step``, rising linearly to 1 over
     the first ``warmup_epochs`` epochs (1 throughout when there is no warm-up)."""
@@ -158,7 +183,7 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     """
     t = cfg.train
     state = state or TrainState()
-    optimizer = optimizer or torch.optim.Adam(vae.parameters(), lr=t.lr)
+    optimizer = optimizer or make_optimizer(vae.parameters(), t)
     step = Step(vae, make_training_objective(vae, t), dynamic_binarization=cfg.data.binarize == "dynamic",
                 compile=t.compile, world=world)
     report = progress and world.is_main
@@ -172,6 +197,8 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     vae.train()
     while state.epoch < t.epochs and not (t.max_steps and state.step >= t.max_steps):
         started = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(t, state.epoch)
         # disable=None: a bar on a terminal; in a log, only the one line per epoch below
         bar = tqdm(total=math.ceil(len(ds.train) / t.batch_size), desc=f"epoch {state.epoch + 1}/{t.epochs}",
                    disable=None if report else True, leave=False)
@@ -180,8 +207,6 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
             warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
             loss_sum, seen = train_epoch(ds.train, cfg, state, optimizer, step, world, bar)
         bar.close()
-        for group in optimizer.param_groups:
-            group["lr"] *= t.lr_decay
         state.epoch += 1
         vae.eval()
         test_elbo = elbo_per_datum(vae, ds.test, t.eval_batch_size, cfg.seed, world)

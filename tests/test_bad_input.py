@@ -7,9 +7,11 @@ line; the test snapshots every file under that folder, runs the CLI (in-process,
 is unchanged byte for byte (so no partial run folder and no torchvision download folders).
 """
 
+import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,6 +98,57 @@ def damage_checkpoint(ws, how):
     return run
 
 
+def damage_payload(ws, field, value):
+    """A checkpoint that passes its CRC but whose payload field ``field`` holds ``value``
+    (``None`` deletes it): written by something else, or edited."""
+    run = ws.mnist_run()
+    ckpt = run / "checkpoint.pt"
+    payload = torch.load(ckpt, weights_only=True)
+    if value is None:
+        del payload[field]
+    else:
+        payload[field] = value(payload[field]) if callable(value) else value
+    torch.save(payload, ckpt)
+    return run
+
+
+def made(ws, name, kind):
+    """An empty file or folder named ``name``, where a command expects something else."""
+    path = ws.tmp / name
+    path.mkdir() if kind == "folder" else path.write_bytes(b"")
+    return path
+
+
+def config_file(ws, name, content):
+    """A --config file holding ``content`` (bytes), or a named pipe / folder for the kinds ``fifo`` / ``dir``."""
+    if content == "fifo":
+        os.mkfifo(ws.tmp / name)
+    elif content == "dir":
+        made(ws, name, "folder")
+    else:
+        (ws.tmp / name).write_bytes(content)
+    return ["train", "--config", ws.path(name), "--out", ws.path("new_run")]
+
+
+def npz_bytes(ws, name, damage):
+    """A user .npz whose bytes ``damage`` rewrites (truncation, flipped bits in an array)."""
+    path = ws.array(name, x=GREY)
+    path.write_bytes(damage(path.read_bytes()))
+    return path
+
+
+def zip_with(ws, name, member, data):
+    path = ws.tmp / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(member, data)
+    return path
+
+
+def flip_inside_array(blob):
+    middle = blob.index(b"\x00\x00\x00?")  # the float32 0.5 pixels of GREY
+    return blob[:middle] + b"\xff\xff\xff\xff" + blob[middle + 4 :]
+
+
 def bad_toml(ws):
     path = ws.tmp / "bad.toml"
     path.write_text("seed = 1\n[model]\nlatent_dim = = 3\n")
@@ -175,6 +228,8 @@ ROWS = [
         ("mixture's init_std must be a positive number", "got 0.0")),
     Row("gaussian likelihood with a negative scale", train_new('model.likelihood={type="gaussian", scale=-1.0}'),
         ("likelihood 'gaussian': scale must be a positive number or \"learned\", got -1.0",)),
+    Row("iaf in one dimension", train_new("model.guide=iaf", "model.latent_dim=1"),
+        ("an iaf needs model.latent_dim of at least 2", 'use model.guide = "diagonal"')),
     Row("iaf with no flows", train_new("model.guide.type=iaf", "model.guide.flows=0"),
         ("an iaf needs flows of at least 1, got 0",)),
     Row("unknown objective", train_new("train.objective=vimco"),
@@ -265,6 +320,85 @@ ROWS = [
         ("already holds a run", "add --resume to continue it, --overwrite to replace it")),
     Row("resume with another config", lambda ws: ["train", "--out", str(ws.mnist_run()), "--resume", *small(ws, "model.latent_dim=9")],
         ("the config differs", "only train.epochs, train.max_steps and train.compile may change")),
+    # sizes no machine holds: refused before anything is allocated, naming the key to lower
+    *(Row(f"{key} beyond any machine", train_new(override), ("of memory", "more than the", f"lower {key}"))
+      for key, override in [("model.latent_dim", "model.latent_dim=1000000000000"),
+                            ("model.decoder.hidden", "model.decoder.hidden=[100000000000]"),
+                            ("model.encoder.hidden", "model.encoder.hidden=[100000000000, 10]"),
+                            ("model.prior.components", 'model.prior={type="mixture", components=1000000000000}'),
+                            ("model.prior.components", 'model.prior={type="vamp", components=1000000000000}'),
+                            ("model.guide.hidden", 'model.guide={type="iaf", hidden=[1000000000000]}'),
+                            ("model.guide.flows", 'model.guide={type="iaf", flows=1000000000000}'),
+                            ("train.num_particles", "train.num_particles=1000000000000")]),
+    Row("generate --n beyond any machine", lambda ws: ["generate", str(ws.mnist_run()), "--n", "1000000000000", "--out", ws.path("x.png")],
+        ("--n asks for 1,000,000,000,000 images", "lower --n")),
+    Row("evaluate --num-samples beyond any machine", lambda ws: ["evaluate", str(ws.mnist_run()), "--num-samples", "1000000000000000"],
+        ("--num-samples asks for", "lower --num-samples")),
+    # seeds, where they enter
+    Row("negative seed", train_new("seed=-1"), ("seed must lie in 0..4294967295, got -1",)),
+    Row("seed past 2^32", train_new("seed=4294967296"), ("seed must lie in 0..4294967295",)),
+    *(Row(f"{command} --seed -1", lambda ws, command=command, extra=extra: [command, str(ws.mnist_run()), "--seed", "-1", *extra(ws)],
+          ("--seed must lie in 0..4294967295, got -1",))
+      for command, extra in [("generate", lambda ws: ["--out", ws.path("x.png")]), ("evaluate", lambda ws: []),
+                             ("explore", lambda ws: ["--out", ws.path("figures")])]),
+    # numbers that pass a type check but make nonsense
+    Row("infinite learning rate", train_new("train.lr=inf"), ("train.lr must be a finite positive number, got inf",)),
+    Row("NaN learning rate", train_new("train.lr=nan"), ("train.lr must be a finite positive number, got nan",)),
+    Row("learning rate that is 0 in float32", train_new("train.lr=1e-50"), ("train.lr = 1e-50 is 0 in float32",)),
+    Row("NaN learning-rate decay", train_new("train.lr_decay=nan"), ("train.lr_decay must be a finite positive number and at most 1.0",)),
+    Row("gaussian scale that is 0 in float32", train_new('model.likelihood={type="gaussian", scale=1e-50}'),
+        ("parameter 'scale' of likelihood 'gaussian' in model.likelihood must be a number float32 can hold",)),
+    Row("infinite mixture spread", train_new('model.prior={type="mixture", init_std=inf}'),
+        ("parameter 'init_std' of prior 'mixture' in model.prior must be a finite number, got inf",)),
+    Row("NaN VampPrior init_mean", train_new('model.prior={type="vamp", init_mean=nan}'),
+        ("parameter 'init_mean' of prior 'vamp' in model.prior must be a finite number, got nan",)),
+    # files given where a file is expected
+    Row("config in Latin-1", lambda ws: config_file(ws, "latin.toml", "# caf\xe9\nseed = 1\n".encode("latin-1")),
+        ("latin.toml is not UTF-8 text (byte 0xe9 at offset 5)", "save it as UTF-8")),
+    Row("config in UTF-16", lambda ws: config_file(ws, "utf16.toml", "seed = 1\n".encode("utf-16")), ("is not UTF-8 text",)),
+    Row("config that is binary", lambda ws: config_file(ws, "binary.toml", bytes(range(256))), ("is not UTF-8 text",)),
+    Row("config that is a named pipe", lambda ws: config_file(ws, "pipe.toml", "fifo"), ("pipe.toml is not a regular file", "give --config a file")),
+    Row("config that is a folder", lambda ws: config_file(ws, "folder.toml", "dir"), ("folder.toml is a folder", "give --config a file")),
+    Row("data with an object array", lambda ws: train_on(ws, ws.array("objects.npz", x=np.array([1, "a", None], dtype=object))),
+        ("cannot read", "objects.npz as a .npy/.npz array file", "Object arrays cannot be loaded")),
+    Row("empty .npy", lambda ws: train_on(ws, made(ws, "empty.npy", "file")),
+        ("empty.npy as a .npy/.npz array file",)),
+    Row("truncated .npy", lambda ws: train_on(ws, npz_bytes(ws, "cut.npy", lambda b: b[:100])), ("cut.npy as a .npy/.npz array file",)),
+    Row("truncated .npz", lambda ws: train_on(ws, npz_bytes(ws, "cut.npz", lambda b: b[: len(b) // 2])), ("cut.npz as a .npy/.npz array file",)),
+    Row("data failing its CRC", lambda ws: train_on(ws, npz_bytes(ws, "flipped.npz", flip_inside_array)), ("Bad CRC-32",)),
+    Row("zip member that is not an array", lambda ws: train_on(ws, zip_with(ws, "text.npz", "x.txt", "hello")),
+        ("member 'x.txt' is not a NumPy array",)),
+    Row("zip member named .npy that is not one", lambda ws: train_on(ws, zip_with(ws, "fake.npz", "x.npy", "hello")),
+        ("fake.npz", "is not a NumPy array")),
+    Row("data.path that is a folder", lambda ws: train_on(ws, made(ws, "folder.npy", "folder")),
+        ("folder.npy is a folder", "give data.path a file")),
+    # checkpoints that pass their CRC but whose payload is damaged: the same line for every command
+    *(Row(f"checkpoint whose {what} ({command})", lambda ws, field=field, value=value, command=command, args=args: [command, str(damage_payload(ws, field, value)), *args(ws)],
+          ("is damaged", expected, "restore it from a copy"))
+      for what, field, value, expected in [("config is not TOML", "config", "latent_dim = = 3", "its config is not valid TOML"),
+                                           ("config is not text", "config", torch.zeros(2), "field 'config' holds Tensor"),
+                                           ("config has an unknown key", "config", lambda text: text + "\nbogus = 1\n", "unknown config key 'train.bogus'"),
+                                           ("input_dim is a string", "input_dim", "784", "field 'input_dim' holds str"),
+                                           ("image_shape does not fit input_dim", "image_shape", [3, 3], "does not hold its input_dim"),
+                                           ("weights are not tensors", "model", {"encoder": 1}, "field 'model' holds dict")]
+      for command, args in [("generate", lambda ws: ["--out", ws.path("x.png")]), ("evaluate", lambda ws: ["--num-samples", "2"]),
+                            ("encode", lambda ws: ["--out", ws.path("x.npz")]), ("explore", lambda ws: ["--out", ws.path("figures")])]),
+    Row("checkpoint with a missing field", lambda ws: ["generate", str(damage_payload(ws, "model", None)), "--out", ws.path("x.png")],
+        ("is not a pyro-vae checkpoint",)),
+    Row("resume a checkpoint whose state is damaged", lambda ws: ["train", "--out", str(damage_payload(ws, "state", {"epoch": "one"})), "--resume", *small(ws)],
+        ("is damaged", "field 'state' holds dict")),
+    # outputs, and what the user typed
+    Row("generate into a folder", lambda ws: ["generate", str(ws.mnist_run()), "--out", str(made(ws, "out.png", "folder"))],
+        ("out.png is a folder; give a file name to write",)),
+    Row("encode into a folder", lambda ws: ["encode", str(ws.mnist_run()), "--out", str(made(ws, "out.npz", "folder"))],
+        ("out.npz is a folder; give a file name to write",)),
+    Row("newline in a --set key", train_new("model.latnt\n_dim=3"), ("unknown config key 'model.latnt\\n_dim'",)),
+    Row("newline in a --set value", train_new("train.objective=elbo\nrm -rf"), ("train.objective = 'elbo\\nrm -rf' is not valid",)),
+    Row("newline in a --config path", lambda ws: ["train", "--config", ws.path("a\nb.toml"), "--out", ws.path("new_run")],
+        ("a\\nb.toml does not exist",)),
+    Row("--out inside a file", lambda ws: ["train", "--out", str(made(ws, "notes.txt", "file") / "run"), *small(ws)],
+        ("notes.txt/run lies inside a file, not a folder",)),
+    Row("empty --out", lambda ws: ["train", "--out", "", *small(ws)], ("--out is empty",)),
 ]
 
 

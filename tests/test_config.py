@@ -76,7 +76,7 @@ def test_set_overrides_the_file(tmp_path):
         (["train.device=tpu"], ["train.device", "auto", "cpu", "cuda"]),
         (["model.latent_dim=-3"], ["model.latent_dim must be at least 1"]),
         (["train.batch_size=0"], ["train.batch_size must be at least 1"]),
-        (["train.lr=0"], ["train.lr must be positive"]),
+        (["train.lr=0"], ["train.lr must be a finite positive number, got 0.0"]),
         (["train.num_particles=0"], ["train.num_particles must be at least 1"]),
         (["train.epochs=ten"], ["train.epochs must be an integer"]),
         (["model.encoder.hidden=[]"], ["model.encoder.hidden"]),

@@ -143,3 +143,10 @@ def test_explore_a_2d_latent_draws_the_manifold_for_any_prior(data_dir, tmp_path
         assert readable_png(tmp_path / "run" / name), name
     assert summary["kl_method"] == "monte_carlo" and len(summary["kl_stderr"]) == 2
     assert all(np.isfinite(summary["kl_per_dim"])) and summary["dimensions_drawn"] in ([0, 1], [1, 0])
+
+
+def test_explore_a_run_whose_test_set_is_one_image(data_dir, tmp_path, capsys):
+    train_run(small_config(data_dir, "data.limit=300", "data.test_limit=1", "train.epochs=1"), tmp_path / "run", progress=False)
+    summary = explore_json(tmp_path / "run", tmp_path / "figures", capsys)
+    assert summary["n"] == 1 and summary["active_units"] == 0  # one image: no posterior mean varies
+    assert readable_png(tmp_path / "figures" / "latent_map.png") and "interpolations.png" not in summary["figures"]

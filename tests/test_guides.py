@@ -381,3 +381,16 @@ def test_a_run_with_a_richer_guide_resumes_exactly(data_dir, tmp_path, guide):
     resumed, _ = train_run(small_config(data_dir, *sets), tmp_path / "resumed", resume=True, progress=False)
     for name, tensor in straight.state_dict().items():
         assert torch.equal(tensor, resumed.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("compile", ["off", "on"])
+def test_a_one_dimensional_latent_trains_with_every_family(compile):
+    """full_rank in one dimension has no off-diagonal entries (its encoder gives no extra outputs)."""
+    torch.manual_seed(0)
+    x = (torch.rand(30, 6) < 0.5).float()
+    for guide in ("diagonal", "full_rank"):  # an iaf refuses one dimension (test_bad_input.py)
+        vae = VAE(6, 1, guide=guide, encoder={"hidden": [8]}, decoder={"hidden": [8]})
+        state = fit_tensors(vae, x, overrides=["train.max_steps=3", "train.batch_size=10", f"train.compile={compile}"], progress=False)
+        assert state.step == 3 and math.isfinite(state.history[-1]["test_elbo"])
+        loc, scale = vae.encode(x[:4])
+        assert loc.shape == scale.shape == (4, 1) and (scale > 0).all()

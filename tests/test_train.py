@@ -175,3 +175,38 @@ def test_training_on_tensors_from_python():
         fit_tensors(vae, x, overrides=["train.epochs=1", "train.compile=off"], progress=False)
     with pytest.raises(UserError, match="binary"):
         fit_tensors(VAE(input_dim=30, latent_dim=2), torch.rand(100, 30), overrides=["train.epochs=1", "train.compile=off"], progress=False)
+
+
+def test_the_burda_schedule_has_its_stages_rates_and_3280_epochs():
+    from pyro_vae.train import BURDA_EPOCHS, learning_rate
+
+    t = config_lib.load(None, ["train.lr_schedule=burda", "train.lr=0.001"]).train
+    rates = [learning_rate(t, epoch) for epoch in range(BURDA_EPOCHS)]
+    stages = [(rate, sum(1 for r in rates if r == rate)) for rate in dict.fromkeys(rates)]
+    assert stages == [(1e-3 * 10 ** (-i / 7), 3**i) for i in range(8)] and BURDA_EPOCHS == 3280
+    assert learning_rate(t, BURDA_EPOCHS + 5) == rates[-1]
+    constant = config_lib.load(None, ["train.lr_decay=0.5"]).train
+    assert [learning_rate(constant, e) for e in range(3)] == [1e-3, 5e-4, 2.5e-4]
+
+
+def test_a_run_resumes_exactly_mid_schedule(data_dir, tmp_path):
+    """Epochs 1 to 4 cross two stage boundaries (after epochs 1 and 4); stop after epoch 2, mid-stage."""
+    overrides = ["train.lr_schedule=burda", "train.adam_eps=1e-4", "data.limit=300", "train.epochs=5"]
+    straight, _ = train_run(small_config(data_dir, *overrides), tmp_path / "straight", progress=False)
+    train_run(small_config(data_dir, *overrides[:-1], "train.epochs=2"), tmp_path / "resumed", progress=False)
+    resumed, state = train_run(small_config(data_dir, *overrides), tmp_path / "resumed", resume=True, progress=False)
+    assert state.epoch == 5
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    payload = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
+    assert payload["optimizer"]["param_groups"][0]["lr"] == 1e-3 * 10 ** (-2 / 7)  # epoch 5 (0-based 4) opens stage 2
+    assert payload["optimizer"]["param_groups"][0]["eps"] == 1e-4
+
+
+def test_the_checkpoint_schema_knows_every_field_of_the_training_state():
+    import dataclasses
+
+    from pyro_vae.run import STATE_FIELDS
+    from pyro_vae.train import TrainState
+
+    assert STATE_FIELDS == {f.name for f in dataclasses.fields(TrainState)}

@@ -1,0 +1,164 @@
+"""What a config, or a command's size argument, asks of memory: checked against what the device has
+before anything is allocated or written, so that a size no machine can hold is one line naming the
+key to lower instead of an allocator traceback after minutes (or after the run folder was started).
+
+The estimate is arithmetic on the config, not a model built to be measured: building one is the
+very allocation being guarded against (and a flow with ``flows = 10**9`` would create a billion
+Python modules first). It counts the built-in parts exactly for their parameters, and the largest
+tensors a training step creates, as products of the sizes the config names. Each product is
+charged to the key of its largest factor, which is the key the message tells the user to lower.
+A part registered by a user is not counted: it is trusted to fit.
+
+What is charged (float32, 4 bytes an element):
+
+- every parameter four times: itself, its gradient and Adam's two moments;
+- the largest activation of a step ``ACTIVATION_COPIES`` times (the forward value kept for the
+  backward pass, its gradient, and the temporaries between them).
+"""
+
+import math
+import os
+
+import torch
+
+from .errors import UserError
+
+BYTES = 4
+PARAMETER_COPIES = 4
+ACTIVATION_COPIES = 4
+
+
+class Factor(int):
+    """A size with the config key that sets it (``None`` for the data's own width)."""
+
+    def __new__(cls, value, key):
+        factor = super().__new__(cls, value)
+        factor.key = key
+        return factor
+
+
+def term(*factors):
+    """``(elements, key)`` of a product: the key is that of its largest factor the user can set."""
+    settable = [f for f in factors if getattr(f, "key", None)]
+    return math.prod(int(f) for f in factors), max(settable, key=int).key if settable else None
+
+
+def _net_terms(net, key, n_in, n_out, pixels):
+    """Parameter terms, and the widest layer as ``(width, key)``, of a built-in encoder or decoder
+    between ``n_in`` and ``n_out`` features, for images of ``pixels`` pixels."""
+    if net.type == "conv":
+        first, second = (Factor(c, f"{key}.channels") for c in net.channels)
+        kernel, half, quarter = Factor(16, None), Factor(max(1, pixels // 4), None), Factor(max(1, pixels // 16), None)
+        # two 4x4 (transposed) convolutions and the dense layer to or from the quarter-size map
+        dense = term(second, quarter, n_out) if key.endswith("encoder") else term(n_in, second, quarter)
+        widest = max(term(first, half), term(second, quarter), key=lambda t: t[0])
+        return [term(first, second, kernel), term(first, kernel), dense], widest
+    widths = [n_in, *(Factor(h, f"{key}.hidden") for h in net.hidden), n_out]
+    widest = max(((int(w), getattr(w, "key", None) or f"{key}.hidden") for w in widths[1:]), key=lambda t: t[0])
+    return [term(a, b) for a, b in zip(widths[:-1], widths[1:])], widest
+
+
+def _params(spec):
+    if isinstance(spec, str):
+        return spec, {}
+    params = dict(spec)
+    return params.pop("type"), params
+
+
+def training_terms(cfg, input_dim, num_classes, rows):
+    """``(parameter terms, activation terms)`` of a training step on ``rows`` data rows, each a
+    list of ``(elements, key)``."""
+    m, t = cfg.model, cfg.train
+    data = Factor(input_dim, None)
+    latent = Factor(m.latent_dim, "model.latent_dim")
+    classes = Factor(num_classes or 0, None) if m.conditional else Factor(0, None)
+    batch = Factor(min(t.batch_size, rows), "train.batch_size")
+    particles = Factor(t.num_particles, "train.num_particles")
+    guide, guide_params = _params(m.guide)
+    prior, prior_params = _params(m.prior)
+    likelihood, likelihood_params = _params(m.likelihood)
+
+    extra = Factor(0, None)
+    params, widest = [], []
+    if guide == "full_rank":
+        extra = Factor(m.latent_dim * (m.latent_dim - 1) // 2, "model.latent_dim")
+        widest.append(term(latent, latent))  # the Cholesky factor of each row
+    elif guide == "iaf":
+        flows = Factor(guide_params.get("flows", 2), "model.guide.flows")
+        context = Factor(guide_params.get("context", 50), "model.guide.context")
+        hidden = [Factor(h, "model.guide.hidden") for h in guide_params.get("hidden", (320,))]
+        extra = context
+        widths = [Factor(m.latent_dim + context, "model.latent_dim" if m.latent_dim > context else "model.guide.context"), *hidden,
+                  Factor(2 * m.latent_dim, "model.latent_dim")]
+        params += [term(flows, a, b) for a, b in zip(widths[:-1], widths[1:])]
+        widest += [(int(h), h.key) for h in hidden]
+    encoder_out = Factor(2 * m.latent_dim + extra, "model.latent_dim" if m.latent_dim >= extra else extra.key)
+    terms, wide = _net_terms(m.encoder, "model.encoder", Factor(input_dim + classes, None), encoder_out, input_dim)
+    params += terms
+    widest += [wide, (int(encoder_out), encoder_out.key)]
+    terms, wide = _net_terms(m.decoder, "model.decoder", Factor(m.latent_dim + classes, "model.latent_dim"), data, input_dim)
+    params += terms
+    widest.append(wide)
+
+    activations = []
+    if prior in ("mixture", "vamp"):
+        components = Factor(prior_params.get("components", 10 if prior == "mixture" else 500), "model.prior.components")
+        # each datum's log-density under every component
+        activations.append(term(batch, particles, components, latent))
+        if prior == "mixture":
+            params.append(term(components, Factor(2 * m.latent_dim + 1, "model.latent_dim")))
+        else:  # the pseudo-inputs, pushed through the encoder at every step
+            params.append(term(components, data))
+            activations += [term(components, Factor(w, k)) for w, k in widest[:-1]]
+    if likelihood in ("gaussian", "laplace") and likelihood_params.get("scale", "learned") == "learned":
+        params.append(term(data))
+    activations += [term(batch, particles, Factor(w, k)) for w, k in widest]
+    return params, activations
+
+
+def available_bytes(device):
+    """Memory free for tensors on ``device``: the GPU's free memory, or the machine's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def gigabytes(n):
+    return f"{n / 1e9:.3g} GB"
+
+
+def check_training_fits(cfg, input_dim, num_classes, rows, device):
+    """Refuse, naming the key to lower, a config whose training step cannot fit on ``device``."""
+    params, activations = training_terms(cfg, input_dim, num_classes, rows)
+    parameters = sum(n for n, _ in params)
+    largest = max(activations, key=lambda t: t[0])
+    need = BYTES * (PARAMETER_COPIES * parameters + ACTIVATION_COPIES * largest[0])
+    have = available_bytes(device)
+    if need <= have:
+        return
+    biggest = max(params, key=lambda t: t[0])
+    key = biggest[1] if PARAMETER_COPIES * parameters >= ACTIVATION_COPIES * largest[0] else largest[1]
+    raise UserError(
+        f"this config needs about {gigabytes(need)} of memory ({parameters:,} parameters, with their gradients and Adam's moments, "
+        f"and a largest tensor of {largest[0]:,} elements per step), more than the {gigabytes(have)} free on {torch.device(device)}; "
+        f"lower {key or 'the model sizes'}"
+    )
+
+
+def check_tensor_fits(elements, what, option, device):
+    """Refuse a command whose ``option`` asks for a tensor of ``elements`` floats that cannot fit."""
+    need, have = BYTES * ACTIVATION_COPIES * elements, available_bytes(device)
+    if need > have:
+        raise UserError(f"{option} asks for {what} ({elements:,} numbers, about {gigabytes(need)}), more than the "
+                        f"{gigabytes(have)} free on {torch.device(device)}; lower {option}")
