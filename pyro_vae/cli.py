@@ -60,7 +60,8 @@ def build_parser():
 
     p = sub.add_parser("encode", help="write the mean and standard deviation of q(z|x) for each image",
                        description="Writes an .npz with loc and scale, (N, latent_dim) float32, and labels, (N,) int64; "
-                                   "labels is absent when the run's data have none.")
+                                   "labels is absent when the run's data have none; a semi-supervised run adds y_probs, (N, C) float32, "
+                                   "the classifier's q(y|x).")
     p.add_argument("run_dir")
     p.add_argument("--out", required=True, help=".npz file to write")
     p.add_argument("--split", default="test", choices=("test", "train"),

@@ -22,7 +22,8 @@ from .files import read_user_file
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
-from .objectives import OBJECTIVES as OBJECTIVE_REGISTRY, make_objective
+from .objectives import ENUMERATION_OBJECTIVES, make_objective
+from .objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from .priors import PRIORS
 
 BINARIZATIONS = ("dynamic", "static", "none")
@@ -54,6 +55,7 @@ class DataConfig:
     binarize: str = "dynamic"
     limit: int = 0  # use only the first N training images (0: all)
     test_limit: int = 0  # use only the first N test images (0: all)
+    labelled: int = 0  # keep the labels of only N training images, balanced across classes (0: all); semi-supervised
 
 
 @dataclass
@@ -65,6 +67,7 @@ class ModelConfig:
     conditional: bool = False
     encoder: NetworkConfig = field(default_factory=NetworkConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    classifier: NetworkConfig = field(default_factory=NetworkConfig)  # q(y|x) of a semi-supervised model (data.labelled > 0)
 
 
 @dataclass
@@ -84,6 +87,8 @@ class TrainConfig:
     compile: str = "auto"  # the training step traced and compiled: auto (where it can be) | on | off
     nan_policy: str = "stop"
     eval_batch_size: int = 1000
+    supervised_weight: float = 50.0  # semi-supervised: alpha, the weight of each known label's -log q(y|x)
+    labelled_batch_size: int = 20  # semi-supervised: known labels added to every step, cycled (0: mixed in proportion)
 
 
 @dataclass
@@ -224,7 +229,10 @@ def validate(cfg):
     prior_cls, prior_params = PRIORS.resolve(cfg.model.prior, "model.prior")
     likelihood_cls, likelihood_params = LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
     guide_cls, guide_params = GUIDES.resolve(cfg.model.guide, "model.guide")
-    for part in ("encoder", "decoder"):
+    _at_least("data.labelled", cfg.data.labelled, 0)
+    if cfg.data.labelled and not cfg.model.conditional:
+        raise UserError(f"data.labelled = {cfg.data.labelled} trains the semi-supervised conditional model; set model.conditional = true, or data.labelled = 0")
+    for part in ("encoder", "decoder", "classifier"):
         net = getattr(cfg.model, part)
         _choice(f"model.{part}.type", net.type, NETWORK_TYPES)
         _choice(f"model.{part}.activation", net.activation, tuple(ACTIVATIONS))
@@ -246,10 +254,19 @@ def validate(cfg):
     _positive("train.adam_eps", t.adam_eps)
     if isinstance(t.objective, str):
         _choice("train.objective", t.objective, OBJECTIVE_REGISTRY.names())
-    make_objective(t.objective, t.num_particles)  # its parameters' checks (bounds against num_particles, ...)
+    objective = make_objective(t.objective, t.num_particles)  # its parameters' checks (bounds against num_particles, ...)
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
+    if not 0 <= t.supervised_weight < float("inf"):
+        raise UserError(f"train.supervised_weight must be a finite number of at least 0, got {t.supervised_weight}")
+    _at_least("train.labelled_batch_size", t.labelled_batch_size, 0)
+    if cfg.data.labelled and t.compile == "on":
+        raise UserError("train.compile = on cannot compile a semi-supervised run (data.labelled > 0): its label is summed out by "
+                        "Pyro's enumeration, which has no static graph; use train.compile = auto or off")
+    if cfg.data.labelled and objective.name not in ENUMERATION_OBJECTIVES:
+        raise UserError(f"train.objective = {t.objective!r} cannot sum out the unknown labels of a semi-supervised run (data.labelled > 0); "
+                        f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)}")
     # sizes no machine holds are refused before any part is built; the data's width is not known
     # yet (one feature stands in for it), so train checks again once the data are loaded
     sizes.check_training_fits(cfg, 1, None, t.batch_size, "cpu")

@@ -21,26 +21,36 @@ import torch
 from . import noise
 from .errors import UserError
 from .files import check_regular_file
+from .model import UNKNOWN
 
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 @dataclass
 class Split:
-    """Pixels ``x`` (N, D) as floats in [0, 1] (or any reals for user data), labels ``y`` (N,) or None."""
+    """Pixels ``x`` (N, D) as floats in [0, 1] (or any reals for user data), labels ``y`` (N,) or
+    None, and ``labelled`` (N,) bool: whose labels training may see (None: every one)."""
 
     x: torch.Tensor
     y: torch.Tensor | None
+    labelled: torch.Tensor | None = None
 
     def __len__(self):
         return self.x.shape[0]
 
     def __getitem__(self, idx):
         """Rows ``idx`` (a slice or an index tensor), with their labels."""
-        return Split(self.x[idx], None if self.y is None else self.y[idx])
+        return Split(self.x[idx], *(None if t is None else t[idx] for t in (self.y, self.labelled)))
 
     def to(self, device):
-        return Split(self.x.to(device), None if self.y is None else self.y.to(device))
+        return Split(self.x.to(device), *(None if t is None else t.to(device) for t in (self.y, self.labelled)))
+
+    @property
+    def observed_y(self):
+        """The labels training sees: ``y`` with ``-1`` where the label is held back."""
+        if self.y is None or self.labelled is None:
+            return self.y
+        return torch.where(self.labelled, self.y, UNKNOWN)
 
     def head(self, n):
         """The first ``n`` rows (all of them for ``n = 0``)."""
@@ -227,11 +237,37 @@ def fingerprint(cfg_data):
 
 
 def load_dataset(cfg):
-    """The config's data, binarized as configured, on the CPU (callers move what they use)."""
+    """The config's data, binarized as configured, on the CPU (callers move what they use); with
+    ``data.labelled`` the training split's labels are held back but for that many."""
     ds = prepare(load(cfg.data), cfg.data.binarize, cfg.seed)
+    if cfg.data.labelled and ds.num_classes is None:
+        raise UserError(f"data.labelled = {cfg.data.labelled} keeps some labels, but the data have none; give 'y' in the data file, use MNIST, or set data.labelled = 0")
     if cfg.model.conditional and ds.num_classes is None:
         raise UserError("model.conditional = true needs labels; give 'y' in the data file or use MNIST")
+    if cfg.data.labelled:
+        train = ds.train
+        ds = Dataset(Split(train.x, train.y, choose_labelled(train.y, cfg.data.labelled, ds.num_classes, cfg.seed)),
+                     ds.test, ds.image_shape, ds.num_classes)
     return ds
+
+
+def choose_labelled(y, n, num_classes, seed):
+    """A mask of ``n`` images whose labels are kept, balanced across the classes (n // C of each,
+    and one more of the first n % C classes in a seeded order), drawn by the run's seed."""
+    if n > len(y):
+        raise UserError(f"data.labelled = {n} asks for more labelled images than the {len(y)} training images; choose at most {len(y)}")
+    if n < num_classes:
+        raise UserError(f"data.labelled = {n} is fewer than one label per class ({num_classes} classes); choose at least {num_classes}")
+    generator = noise.seeded(seed, "labelled_choice")
+    extra = torch.randperm(num_classes, generator=generator)[: n % num_classes]
+    mask = torch.zeros(len(y), dtype=torch.bool)
+    for c in range(num_classes):
+        members = (y == c).nonzero().squeeze(1)
+        want = n // num_classes + int(c in extra)
+        if len(members) < want:
+            raise UserError(f"data.labelled = {n} needs {want} images of class {c}, but the training images have {len(members)}; choose fewer labels")
+        mask[members[torch.randperm(len(members), generator=generator)[:want]]] = True
+    return mask
 
 
 def check_data(vae, ds, binarize):
@@ -260,7 +296,7 @@ def prepare(ds, binarize, seed):
         return ds
     if ((ds.train.x < 0) | (ds.train.x > 1)).any() or ((ds.test.x < 0) | (ds.test.x > 1)).any():
         raise UserError(f"data.binarize = \"{binarize}\" needs pixels in [0, 1]; rescale the data or set data.binarize = \"none\"")
-    train = ds.train if binarize == "dynamic" else Split(binarize_fixed(ds.train.x, seed, "train"), ds.train.y)
+    train = ds.train if binarize == "dynamic" else Split(binarize_fixed(ds.train.x, seed, "train"), ds.train.y, ds.train.labelled)
     test = Split(binarize_fixed(ds.test.x, seed, "test"), ds.test.y)
     return Dataset(train, test, ds.image_shape, ds.num_classes)
 

@@ -1,5 +1,9 @@
 """`pyro-vae evaluate`: the importance-weighted test log p(x) of a trained run, with diagnostics.
 
+Which quantity: log p(x) for an unconditional run; log p(x | y), y the true test label, for a
+conditional VAE (its labels are inputs); log p(x) with y summed out over the classes for a
+semi-supervised run (its labels are a Pyro site), which also reports its classifier's accuracy.
+
 Evaluates on the run's test set, binarized as the run was trained (a dynamically binarized run
 gets the same seeded draw every time, so numbers are reproducible), and writes into the run folder
 a record of the evaluation under its settings (``evaluations/log_px-K...json``,
@@ -16,7 +20,7 @@ from . import noise, plots, records, sizes
 from .distributed import resolve_device
 from .errors import UserError
 from .files import atomic_write_text
-from .marginal import KHAT_TRUST, estimate_log_px
+from .marginal import KHAT_TRUST, estimate_log_px, estimate_log_px_summed
 from .records import finite_or_none
 from .runfolder import load_split
 
@@ -46,26 +50,39 @@ def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size
     # a batch's K log weights are kept (float64) for the ESS and the Pareto fit
     sizes.check_tensor_fits(2 * num_samples * min(batch_size, len(test)), f"{num_samples:,} log weights for each of a batch's images",
                             "--num-samples", "cpu")
-    conditional = vae.num_classes is not None
-    result = estimate_log_px(vae, test.x, test.y, num_samples=num_samples, chunk_size=chunk_size or None,
-                             batch_size=batch_size, seed=seed, progress=True)
-    summary = result.summary()
+    options = dict(num_samples=num_samples, chunk_size=chunk_size or None, batch_size=batch_size, seed=seed, progress=True)
+    if vae.semi_supervised:
+        result = estimate_log_px_summed(vae, test.x, **options)
+    else:
+        result = estimate_log_px(vae, test.x, test.y, **options)
+    summary = {"quantity": quantity(vae), **result.summary()}
+    if vae.semi_supervised:
+        summary["accuracy"] = classifier_accuracy(vae, test.x, test.y)
     record = records.new_record(
         "log_px", {"num_samples": num_samples, "limit": limit, "seed": seed},
         records.images(test, limit), payload.get("data_fingerprint"), summary,
         {"log_px": result.log_px.tolist(), "elbo": result.elbo.tolist(), "ess": result.ess.tolist(), "khat": result.khat.tolist()},
-        quantity=quantity(conditional))
+        quantity=quantity(vae))
     stored = records.write(run_dir, records.log_px_name(num_samples, limit, seed), record)
     atomic_write_text(run_dir / "log_px.csv", per_datum_csv(result, test.y))
     plots.diagnostics_figure(run_dir / "diagnostics.png", result.khat, result.ess, result.num_samples, KHAT_TRUST)
-    print(table(summary, run_dir, cfg.data.binarize, conditional, vae.family.name, stored))
+    print(table(summary, run_dir, cfg.data.binarize, vae, vae.family.name, stored))
     if json_summary:
         print(json.dumps({key: finite_or_none(value) for key, value in summary.items()}))
     return result
 
 
-def quantity(conditional):
-    return "log p(x | y)" if conditional else "log p(x)"
+def quantity(vae):
+    """What the run's log-likelihood is of (the summary's and the record's ``quantity``)."""
+    if vae.semi_supervised:
+        return "log p(x)"  # the label summed out
+    return "log p(x | y)" if vae.num_classes is not None else "log p(x)"
+
+
+def classifier_accuracy(vae, x, y, batch_size=1000):
+    """The fraction of ``x`` whose most probable class under q(y|x) is the label ``y``."""
+    hits = sum((vae.classify(x[i : i + batch_size]).argmax(-1) == y[i : i + batch_size]).sum().item() for i in range(0, len(x), batch_size))
+    return hits / len(x)
 
 
 def per_datum_csv(result, labels):
@@ -79,8 +96,10 @@ def per_datum_csv(result, labels):
     return buffer.getvalue()
 
 
-def table(s, run_dir, binarize, conditional, family, stored):
-    what = quantity(conditional) + (", y = true test label" if conditional else "")
+def table(s, run_dir, binarize, vae, family, stored):
+    what = {"log p(x | y)": "log p(x | y), y = true test label"}.get(s["quantity"], "log p(x)")
+    if vae.semi_supervised:
+        what = "log p(x), y summed out"
     test_set = {"dynamic": "one fixed-seed binarization", "static": "static binarization", "none": "not binarized"}[binarize]
     rows = [
         f"{run_dir}: {s['n']} test data ({test_set}), K = {s['num_samples']} importance samples per datum, proposal q(z|x) (guide family: {family})",
@@ -94,4 +113,8 @@ def table(s, run_dir, binarize, conditional, family, stored):
         f"per-datum results: {run_dir / 'log_px.csv'}; k-hat and ESS histograms: {run_dir / 'diagnostics.png'}",
         f"record (read by `pyro-vae compare`): {stored}",
     ]
+    if "accuracy" in s:
+        rows.insert(-1, f"{'classifier q(y|x) accuracy':30} {s['accuracy']:10.4f}   (test images whose most probable class is their label)")
+        rows.insert(1, f"K importance samples for each of the {vae.num_classes} classes, log p(x) = logsumexp over y of log p(x, y); "
+                       "ESS and k-hat of each datum's most probable class")
     return "\n".join(rows)

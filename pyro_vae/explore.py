@@ -49,8 +49,9 @@ def encode_split(vae, split, batch_size=1000):
 
 
 def encode_run(run_dir, out, split="test", limit=None):
-    """Write ``loc``, ``scale`` (N, latent_dim) float32 and, where the data have labels,
-    ``labels`` (N,) int64 to the ``.npz`` file ``out``."""
+    """Write ``loc``, ``scale`` (N, latent_dim) float32, where the data have labels ``labels``
+    (N,) int64, and for a semi-supervised run the classifier's class probabilities ``y_probs``
+    (N, C) float32, to the ``.npz`` file ``out``."""
     out = Path(out)
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz, got {out.name}")
@@ -63,6 +64,8 @@ def encode_run(run_dir, out, split="test", limit=None):
     arrays = {"loc": loc.numpy().astype(np.float32), "scale": scale.numpy().astype(np.float32)}
     if chosen.y is not None:
         arrays["labels"] = chosen.y.numpy().astype(np.int64)
+    if vae.semi_supervised:  # the classifier's q(y|x), (N, C)
+        arrays["y_probs"] = torch.cat([vae.classify(chosen.x[i : i + 1000]) for i in range(0, len(chosen), 1000)]).numpy().astype(np.float32)
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(out, buffer.getvalue())

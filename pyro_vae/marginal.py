@@ -238,3 +238,31 @@ def estimate_log_px(vae, x, y=None, num_samples=5000, chunk_size=None, batch_siz
         vae.train(was_training)
     log_px, elbo, ess, khat = (torch.cat(column) for column in zip(*parts))
     return LogPxResult(log_px, elbo, ess, khat, num_samples)
+
+
+def estimate_log_px_summed(vae, x, num_samples=5000, **kwargs):
+    r"""log p(x) of a semi-supervised VAE with the label summed out exactly:
+
+    .. math:: \log p(x) = \operatorname{logsumexp}_{c=1}^C \widehat{\log p}(x, y = c),
+
+    each :math:`\widehat{\log p}(x, y = c)` importance-sampled with K = ``num_samples`` draws from
+    q(z|x, c) (:func:`estimate_log_px` with every label observed as c: the model's log p(y = c)
+    is one of its sites). The sum over classes is exact; only the C integrals over z are sampled,
+    so the estimate is a stochastic lower bound as before (C x K samples per datum in all).
+
+    The ELBO is the unlabelled bound U(x) = sum_c q(c|x) ELBO(x, c) + H(q(y|x)); ESS and k-hat
+    are those of the class that dominates the sum (the largest log p(x, y = c)), whose weights
+    decide the estimate. ``kwargs`` are :func:`estimate_log_px`'s.
+    """
+    x = torch.as_tensor(x, dtype=vae.dtype)
+    if not vae.semi_supervised:
+        raise UserError("log p(x) with the label summed out needs a semi-supervised VAE (a classifier q(y|x)); "
+                        "a conditional VAE's estimate is log p(x | y): call estimate_log_px with the labels")
+    per_class = [estimate_log_px(vae, x, torch.full((len(x),), c, device=x.device), num_samples=num_samples, **kwargs)
+                 for c in range(vae.num_classes)]
+    log_pxy = torch.stack([r.log_px for r in per_class])  # (C, N)
+    q_y = torch.cat([vae.classify(x[i : i + 1000]) for i in range(0, len(x), 1000)]).T.cpu().double()
+    elbo = (q_y * torch.stack([r.elbo for r in per_class])).sum(0) - torch.special.xlogy(q_y, q_y).sum(0)
+    dominant = log_pxy.argmax(0)
+    pick = lambda name: torch.stack([getattr(r, name) for r in per_class]).gather(0, dominant[None])[0]  # noqa: E731
+    return LogPxResult(torch.logsumexp(log_pxy, 0), elbo, pick("ess"), pick("khat"), num_samples)

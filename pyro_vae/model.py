@@ -6,7 +6,21 @@ Generative model::
     x ~ p(x | decoder(z[, y]))     (site "x", .to_event(1) over the flattened pixels)
 
 Guide: ``z ~ q(z | encoder(x[, y]))``, a posterior family from guides.py (by default the diagonal
-Gaussian N(loc, diag(scale^2)) with ``(loc, scale) = encoder(x[, y])``). Both run inside
+Gaussian N(loc, diag(scale^2)) with ``(loc, scale) = encoder(x[, y])``).
+
+A conditional VAE (``num_classes``) takes y as an input of both networks: the model is
+p(x, z | y) and its ELBO bounds log p(x | y). A semi-supervised one (``classifier``, Kingma et al.
+2014's M2) makes y a Pyro site as well::
+
+    y ~ p(y) = Categorical(1/C, ..., 1/C)   (site "y", observed where the label is known)
+    y ~ q(y | classifier(x))                (the guide's site, enumerated where it is not)
+
+Labels are a tensor of class indices with ``-1`` marking an unknown one (scikit-learn's
+convention for unlabelled points). ``y=None`` leaves every label unknown. With some labels given
+the model's site is Pyro's ``obs_mask`` pair (``"y_observed"``, ``"y_unobserved"``); the guide's
+``"y_unobserved"`` is q(y|x) on the unknown rows and a point mass at the label on the known ones,
+so that enumerating it sums over the classes where the label is unknown and keeps only the true
+class where it is known. Both run inside
 ``pyro.plate("data", B)`` and register every parameter through ``pyro.module``, so they work
 with any Pyro inference: ``SVI`` with ``Trace_ELBO``, ``TraceMeanField_ELBO`` or ``RenyiELBO``,
 ``Predictive``, ``poutine.trace``.
@@ -16,18 +30,24 @@ import contextlib
 import itertools
 
 import pyro
+import pyro.distributions as dist
 import torch
 from torch import nn
 
 from .errors import UserError
 from .guides import GUIDES
 from .likelihoods import LIKELIHOODS
-from .networks import INIT_BIASES, build_decoder, build_encoder, call_net
+from .networks import INIT_BIASES, build_classifier, build_decoder, build_encoder, call_net
 from .priors import PRIORS
 
 # Pyro keeps parameters in one global store keyed by name: a second VAE registered under the same
 # name would silently be handed the first one's tensors. Each instance gets its own name.
 _instance_ids = itertools.count()
+UNKNOWN = -1  # the label of an image whose label is not known
+# the log-weight a known label's point mass gives the other classes: exp of it is exactly 0 in
+# float32 and float64, so Pyro's enumeration drops those terms, and unlike -inf it keeps the
+# classes' costs finite (0 * inf would be NaN)
+IMPOSSIBLE = -1e4
 
 
 class VAE(nn.Module):
@@ -40,6 +60,8 @@ class VAE(nn.Module):
     the family's ``extra_outputs`` features for a family that reads them),
     ``decoder(z[, y_onehot]) -> one likelihood parameter per pixel``. ``num_classes`` makes it a
     conditional VAE: labels y are then required by ``model``, ``guide`` and ``sample``.
+    ``classifier`` (a network config dict or an ``nn.Module`` from x to C logits) makes it
+    semi-supervised: y becomes a Pyro site and may be unknown (``-1``, or ``y=None`` for all).
 
     A decoder config's ``init_bias`` (``"data"``, the default, or ``"default"``) says whether
     :meth:`init_from_data` starts the decoder's output at the training data's mean pixel.
@@ -55,6 +77,7 @@ class VAE(nn.Module):
         decoder=None,
         num_classes=None,
         guide="diagonal",
+        classifier=None,
     ):
         super().__init__()
         if latent_dim < 1 or input_dim < 1:
@@ -67,6 +90,12 @@ class VAE(nn.Module):
         self.family = guide_cls(latent_dim, **guide_params)
         self.encoder = build_encoder(encoder, input_dim, latent_dim, n_cls, self.family.extra_outputs)
         self.decoder = build_decoder(decoder, latent_dim, input_dim, n_cls)
+        if classifier is not None:
+            if not num_classes:
+                raise UserError("a semi-supervised VAE (a classifier q(y|x)) needs num_classes: labels to learn from")
+            # only built when asked for: a CVAE's state_dict keeps exactly its keys
+            self.classifier = build_classifier(classifier, input_dim, num_classes)
+        self.semi_supervised = classifier is not None
         self.pending_data_init = self._init_bias(decoder) == "data"
         prior_cls, prior_params = PRIORS.resolve(prior, "model.prior")
         self.prior = prior_cls(latent_dim, input_dim, num_classes, **prior_params)
@@ -129,9 +158,11 @@ class VAE(nn.Module):
             raise UserError(f"labels must have shape ({n},), one per datum, got {tuple(y.shape)}")
         if y.dtype.is_floating_point or y.dtype == torch.bool:
             raise UserError(f"labels must be integers, got dtype {y.dtype}")
-        if n and (y.min() < 0 or y.max() >= self.num_classes):
+        low = UNKNOWN if self.semi_supervised else 0
+        if n and (y.min() < low or y.max() >= self.num_classes):
+            unknown = f" (or {UNKNOWN} for an unknown label)" if self.semi_supervised else ""
             raise UserError(
-                f"labels must lie in 0..{self.num_classes - 1}, got values from {int(y.min())} to {int(y.max())}"
+                f"labels must lie in 0..{self.num_classes - 1}{unknown}, got values from {int(y.min())} to {int(y.max())}"
             )
 
     # -- the Pyro programs ----------------------------------------------------------------
@@ -150,8 +181,12 @@ class VAE(nn.Module):
 
     def model(self, x, y=None):
         self._register()
-        y_onehot = self.onehot(y)
         with pyro.plate("data", x.shape[0]):
+            if self.semi_supervised:
+                known = None if y is None else y != UNKNOWN
+                # obs_mask=None: one site "y", observed (y given) or latent (y=None)
+                y = pyro.sample("y", self.label_prior(x), obs=None if y is None else y.clamp(min=0), obs_mask=known)
+            y_onehot = self.onehot(y)
             z = pyro.sample("z", self.prior_distribution())
             out = call_net(self.decoder, z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
@@ -159,7 +194,43 @@ class VAE(nn.Module):
     def guide(self, x, y=None):
         self._register()
         with pyro.plate("data", x.shape[0]):
+            if self.semi_supervised:
+                y = self._guide_label(x, y)
             pyro.sample("z", self.posterior(x, y))
+
+    def _guide_label(self, x, y):
+        """The guide's label site: q(y|x) where y is unknown, a point mass where it is known;
+        enumerated in parallel under ``TraceEnum_ELBO`` (sampled under any other inference)."""
+        logits = self.classifier(x)
+        if y is None:
+            return pyro.sample("y", dist.Categorical(logits=logits), infer={"enumerate": "parallel"})
+        known = (y != UNKNOWN).unsqueeze(-1)
+        point_mass = torch.where(self.onehot(y.clamp(min=0)) > 0, 0.0, IMPOSSIBLE).to(logits.dtype)
+        site = dist.Categorical(logits=torch.where(known, point_mass, logits))
+        return pyro.sample("y_unobserved", site, infer={"enumerate": "parallel"})
+
+    def label_prior(self, x):
+        """p(y): uniform over the classes (Kingma et al.'s choice), one per datum of ``x``."""
+        return dist.Categorical(logits=torch.zeros(self.num_classes, dtype=x.dtype, device=x.device))
+
+    def classifier_model(self, x, y):
+        """The supervised term as a Pyro program: ``-log q(y|x)`` of each known label is the
+        log-density of an observed site (as the auxiliary loss of Pyro's SS-VAE example); its
+        ``Trace_ELBO`` loss with an empty guide is the cross-entropy summed over known labels."""
+        self._register()
+        with pyro.plate("data", x.shape[0]):
+            known = y != UNKNOWN
+            pyro.sample("y_classified", dist.Categorical(logits=self.classifier(x)).mask(known), obs=y.clamp(min=0))
+
+    @torch.no_grad()
+    def classify(self, x):
+        """q(y|x) as class probabilities (N, C), in eval mode."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.classifier(x).softmax(-1)
+        finally:
+            self.train(was_training)
 
     # -- conveniences ---------------------------------------------------------------------
     @torch.no_grad()

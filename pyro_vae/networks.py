@@ -1,8 +1,11 @@
-"""Encoder and decoder builders. An encoder maps ``(x, y_onehot=None)`` to the ``(loc, scale)``
-of the Gaussian at the heart of q(z|x[, y]), followed, when the guide family asks for
-``extra_outputs`` more (guides.py), by those features; a decoder maps ``(z, y_onehot=None)`` to
-one likelihood parameter per pixel. Conditioning concatenates the one-hot label to the input.
-Both accept any number of leading batch dimensions (vectorized particles add one).
+"""Encoder, decoder and classifier builders. An encoder maps ``(x, y_onehot=None)`` to the
+``(loc, scale)`` of the Gaussian at the heart of q(z|x[, y]), followed, when the guide family asks
+for ``extra_outputs`` more (guides.py), by those features; a decoder maps ``(z, y_onehot=None)`` to
+one likelihood parameter per pixel; a classifier maps ``x`` to the logits of q(y|x) (the
+semi-supervised model's, docs/conditional.md). Conditioning concatenates the one-hot label to the
+input. All accept any number of leading batch dimensions (vectorized particles add one), and the
+label and the input broadcast against each other: an enumerated label of shape (C, 1, C) meets
+a batch of shape (B, D) as (C, B, D + C).
 """
 
 import math
@@ -28,7 +31,14 @@ def call_net(net, h, y_onehot):
 def with_label(h, y_onehot):
     if y_onehot is None:
         return h
-    return torch.cat([h, y_onehot.expand(h.shape[:-1] + y_onehot.shape[-1:])], dim=-1)
+    h, y_onehot = broadcast_leading(h, y_onehot)
+    return torch.cat([h, y_onehot], dim=-1)
+
+
+def broadcast_leading(h, y_onehot):
+    """``h`` and ``y_onehot`` expanded to their common leading (batch, particle, enumeration) dims."""
+    lead = torch.broadcast_shapes(h.shape[:-1], y_onehot.shape[:-1])
+    return h.expand(lead + h.shape[-1:]), y_onehot.expand(lead + y_onehot.shape[-1:])
 
 
 def mlp(sizes, activation):
@@ -114,10 +124,12 @@ class ConvEncoder(nn.Module):
         self.head.init_layer(self.fc)
 
     def forward(self, x, y_onehot=None):
+        if y_onehot is not None:
+            x, y_onehot = broadcast_leading(x, y_onehot)
         lead = x.shape[:-1]
         h = x.reshape(-1, 1, self.side, self.side)
         if y_onehot is not None:
-            y = y_onehot.expand(lead + y_onehot.shape[-1:]).reshape(-1, y_onehot.shape[-1], 1, 1)
+            y = y_onehot.reshape(-1, y_onehot.shape[-1], 1, 1)
             h = torch.cat([h, y.expand(-1, -1, self.side, self.side)], dim=1)
         return self.head(self.fc(self.conv(h)).reshape(lead + (-1,)))
 
@@ -149,8 +161,36 @@ class ConvDecoder(nn.Module):
         return out.reshape(lead + (self.side * self.side,))
 
 
+class MLPClassifier(nn.Module):
+    """q(y|x) for the semi-supervised model: an MLP from the pixels to one logit per class."""
+
+    def __init__(self, input_dim, num_classes, hidden=(200, 200), activation="tanh"):
+        super().__init__()
+        self.net = mlp([input_dim, *hidden, num_classes], activation)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConvClassifier(nn.Module):
+    """q(y|x) from the conv encoder's two stride-2 convolutions, then a linear layer to the logits."""
+
+    def __init__(self, input_dim, num_classes, channels=(32, 64), activation="relu"):
+        super().__init__()
+        self.side = image_side(input_dim)
+        act = ACTIVATIONS[activation]
+        c1, c2 = channels
+        self.conv = nn.Sequential(nn.Conv2d(1, c1, 4, 2, 1), act(), nn.Conv2d(c1, c2, 4, 2, 1), act(), nn.Flatten())
+        self.fc = nn.Linear(c2 * (self.side // 4) ** 2, num_classes)
+
+    def forward(self, x):
+        lead = x.shape[:-1]
+        return self.fc(self.conv(x.reshape(-1, 1, self.side, self.side))).reshape(lead + (-1,))
+
+
 ENCODERS = {"mlp": MLPEncoder, "conv": ConvEncoder}
 DECODERS = {"mlp": MLPDecoder, "conv": ConvDecoder}
+CLASSIFIERS = {"mlp": MLPClassifier, "conv": ConvClassifier}
 
 
 def build_network(spec, classes, *sizes, **extra):
@@ -170,6 +210,10 @@ def build_encoder(spec, input_dim, latent_dim, num_classes=0, extra_outputs=0):
 
 def build_decoder(spec, latent_dim, output_dim, num_classes=0):
     return build_network(spec, DECODERS, latent_dim, output_dim, num_classes)
+
+
+def build_classifier(spec, input_dim, num_classes):
+    return build_network(spec, CLASSIFIERS, input_dim, num_classes)
 
 
 def _network_kwargs(kind, spec):

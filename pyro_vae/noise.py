@@ -22,7 +22,7 @@ from .errors import UserError
 
 
 # the kinds of draw; a new kind takes the next number, and the numbers never change
-STREAMS = {"shuffle": 0, "step": 1, "train_pixels": 2, "test_pixels": 3}
+STREAMS = {"shuffle": 0, "step": 1, "train_pixels": 2, "test_pixels": 3, "labelled_choice": 4, "labelled_shuffle": 5}
 SEED_RANGE = (0, 2**32 - 1)
 
 
@@ -44,6 +44,13 @@ def epoch_order(n, seed, epoch, device):
     return torch.randperm(n, generator=seeded(seed, "shuffle", epoch)).to(device)
 
 
+def labelled_cycle(n, length, seed, epoch, device):
+    """``length`` indices into the ``n`` labelled images for epoch ``epoch``: fresh shuffles of
+    them end to end, so a small labelled set is cycled alongside the epoch's batches."""
+    generator = seeded(seed, "labelled_shuffle", epoch)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-length // n))])[:length].to(device)
+
+
 class StepNoise(Messenger):
     """The random numbers of one training step, for this process's ``rows`` of a global batch
     of ``global_size``: :meth:`binarize` draws the pixels, and, as a Pyro messenger, it supplies
@@ -52,7 +59,8 @@ class StepNoise(Messenger):
     The data plate is the rightmost batch dimension of every latent site (the model's contract);
     vectorized particles sit to its left and are drawn in full. Only latent sites that are a
     function of standard-normal noise take noise from here (every guide family's; see
-    :func:`from_standard_normal`). ``draws`` records each site's draw as ``(global_shape,
+    :func:`from_standard_normal`); a discrete site draws nothing here (the semi-supervised
+    label is enumerated: all its values at once). ``draws`` records each site's draw as ``(global_shape,
     data_dim)``, in order, so that a compiled step can draw the same numbers outside its graph
     (:meth:`uniforms`, then :meth:`normal` for each) and pass them in (:class:`GivenNoise`).
     """
@@ -81,6 +89,9 @@ class StepNoise(Messenger):
         if reparameterized is None:
             return
         sample, like = reparameterized
+        # an enumerated label (the semi-supervised model's) takes no noise: its values are all of
+        # its classes; a z that depends on it carries the enumeration dimension left of the data
+        # plate and, like vectorized particles, draws noise for each value in full
         shape = msg["fn"].shape()
         data_dim = len(shape) - msg["fn"].event_dim - 1
         global_shape = shape[:data_dim] + (self.global_size,) + shape[data_dim + 1 :]

@@ -34,6 +34,7 @@ import torch
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.distributions.util import scale_and_mask
+from pyro.infer import TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import torch_item
@@ -413,8 +414,21 @@ def monte_carlo_kl_note(vae, x, y=None):
     return None
 
 
-def make_objective(spec, num_particles=1):
+# the objectives that can sum out an enumerated site (the semi-supervised model's unknown label)
+ENUMERATION_OBJECTIVES = ("elbo", "mean_field")
+
+
+def make_objective(spec, num_particles=1, enumerated=False):
     """The objective ``spec`` names (a registered name or ``{"type": name, **params}``, the value of
-    ``train.objective``) over ``num_particles`` samples per datum."""
+    ``train.objective``) over ``num_particles`` samples per datum.
+
+    ``enumerated``: the guide has sites to sum out (the semi-supervised model's label); ``elbo``
+    and ``mean_field`` are then both Pyro's ``TraceEnum_ELBO``, whose KL(q(z|x,y) || p(z)) is the
+    Monte Carlo term (Pyro has no analytic-KL form of it); the others have no enumerated form."""
     cls, params = OBJECTIVES.resolve(spec, "train.objective")
-    return cls(num_particles, **params)
+    if not enumerated:
+        return cls(num_particles, **params)
+    if cls.name not in ENUMERATION_OBJECTIVES:
+        raise UserError(f"train.objective = {cls.name!r} cannot sum out the semi-supervised model's unknown labels; "
+                        f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)} (or data.labelled = 0)")
+    return TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=num_particles > 1, max_plate_nesting=1)

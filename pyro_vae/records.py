@@ -68,7 +68,7 @@ def package_version():
 
 def finite_or_none(value):
     """JSON has no inf or NaN: an infinite k-hat or a one-datum standard error becomes null."""
-    return value if isinstance(value, int) or math.isfinite(value) else None
+    return value if isinstance(value, (int, str)) or math.isfinite(value) else None
 
 
 def new_record(kind, settings, images, data_fingerprint, summary, per_image=None, quantity=None):

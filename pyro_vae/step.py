@@ -114,7 +114,13 @@ class Step:
         self.traced_loss = TracedLoss(vae, objective)
         self.by_name = dict(self.traced_loss.named_parameters())
         self.graphs = {}
-        self.eager_reason = "train.compile = off" if compile == "off" else None
+        # an objective that has no static graph (the semi-supervised one's enumeration) says why
+        untraceable = getattr(objective, "eager_reason", None)
+        if untraceable and compile == "on":
+            raise UserError(f"train.compile = on but the training step cannot be compiled: {untraceable}; use train.compile = auto or off")
+        if untraceable and compile == "auto":
+            self.log(f"training eager, not compiled (train.compile = auto): {untraceable}")
+        self.eager_reason = "train.compile = off" if compile == "off" else untraceable
         self.compilations, self.compile_seconds = 0, 0.0
 
     @property

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from . import distributed, noise
 from .errors import UserError
 from .objectives import MeanFieldELBO, make_objective, monte_carlo_kl_note
+from .semisupervised import SemiSupervisedELBO
 from .step import Step
 
 PROGRESS_REFRESH_SECONDS = 0.5  # how often the progress bar reads the running ELBO back from the device
@@ -70,10 +71,11 @@ def kl_weight(step, warmup_epochs, steps_per_epoch):
 
 @torch.no_grad()
 def elbo_per_datum(vae, split, batch_size, seed=0, world=distributed.World()):
-    """Mean single-sample ELBO over ``split`` in nats per datum, with a fixed seed so repeated
+    """Mean single-sample ELBO over ``split`` in nats per datum (of log p(x), or log p(x | y) for a
+    conditional VAE whose labels are inputs only), with a fixed seed so repeated
     evaluations are comparable, and without disturbing the global RNG stream. Under torchrun
     each process scores its shard and the sums are all-reduced, so the mean covers all of it."""
-    objective = make_objective("elbo")
+    objective = make_objective("elbo", enumerated=vae.semi_supervised)
     shard = split[world.shard(len(split))]
     total = 0.0
     devices = [split.x.device] if split.x.device.type == "cuda" else []
@@ -81,7 +83,11 @@ def elbo_per_datum(vae, split, batch_size, seed=0, world=distributed.World()):
         torch.manual_seed(seed)
         for start in range(0, len(shard), batch_size):
             batch = shard[start : start + batch_size]
-            total -= objective.differentiable_loss(vae.model, vae.guide, batch.x, batch.y).item()
+            # a semi-supervised model's bound is on log p(x), its label summed out; a CVAE's on log p(x | y)
+            if vae.semi_supervised:  # TraceEnum_ELBO refuses differentiable_loss without gradients
+                total -= objective.loss(vae.model, vae.guide, batch.x, None)
+            else:
+                total -= objective.differentiable_loss(vae.model, vae.guide, batch.x, batch.y).item()
     total, count = world.sum(total, len(shard))
     return total / count
 
@@ -118,17 +124,20 @@ def train_epoch(train, cfg, state, optimizer, step, world, bar):
     steps_per_epoch = math.ceil(len(train) / t.batch_size)
     device = train.x.device
     order = noise.epoch_order(len(train), cfg.seed, state.epoch, device)
+    cycled = labelled_batches(train, cfg, state.epoch, steps_per_epoch)
     losses, seen, refreshed = EpochLosses(steps_per_epoch, state.step, state.epoch, device), 0, time.perf_counter()
     for batch_index, start in enumerate(range(0, len(train), t.batch_size)):
         if t.max_steps and state.step >= t.max_steps:
             break
         idx = order[start : start + t.batch_size]
+        if cycled is not None:
+            idx = torch.cat([idx, cycled[batch_index]])
         if len(idx) < world.size:  # under torchrun, a final batch smaller than the world
             break
         rows = world.shard(len(idx))
         batch = train[idx[rows]]
         step_noise = noise.StepNoise(cfg.seed, state.epoch * steps_per_epoch + batch_index, len(idx), rows, device)
-        loss = step(batch.x, batch.y, step_noise, kl_weight(state.step, t.kl_warmup_epochs, steps_per_epoch))
+        loss = step(batch.x, batch.observed_y, step_noise, kl_weight(state.step, t.kl_warmup_epochs, steps_per_epoch))
         bar.update()
         # "skip" must keep a non-finite batch from the optimizer, so it reads every step's loss
         if t.nan_policy == "skip" and not torch.isfinite(loss):
@@ -144,6 +153,25 @@ def train_epoch(train, cfg, state, optimizer, step, world, bar):
     return losses.total(), seen
 
 
+def labelled_batches(train, cfg, epoch, steps_per_epoch):
+    """(steps, train.labelled_batch_size) indices of labelled images to add to each of the
+    epoch's steps, the labelled set cycled in fresh shuffles; ``None`` when labelled images only
+    come mixed among the others in proportion (every label known, or labelled_batch_size = 0)."""
+    size = cfg.train.labelled_batch_size
+    if train.labelled is None or not size:
+        return None
+    labelled = train.labelled.nonzero().squeeze(1)  # once an epoch, outside the steps
+    picks = noise.labelled_cycle(len(labelled), steps_per_epoch * size, cfg.seed, epoch, labelled.device)
+    return labelled[picks].reshape(steps_per_epoch, size)
+
+
+def make_training_objective(vae, t):
+    """The configured objective; for a semi-supervised VAE its enumerated form with the
+    supervised term (:mod:`pyro_vae.semisupervised`)."""
+    objective = make_objective(t.objective, t.num_particles, enumerated=vae.semi_supervised)
+    return SemiSupervisedELBO(objective, vae, t.supervised_weight) if vae.semi_supervised else objective
+
+
 def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=True, world=distributed.World()):
     """Train ``vae`` on ``ds`` (a :class:`data.Dataset` already on the VAE's device) as
     ``cfg.train`` says. ``on_epoch(state, optimizer)`` runs on the main process after every epoch
@@ -156,10 +184,13 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     t = cfg.train
     state = state or TrainState()
     optimizer = optimizer or make_optimizer(vae.parameters(), t)
-    step = Step(vae, make_objective(t.objective, t.num_particles), dynamic_binarization=cfg.data.binarize == "dynamic",
+    step = Step(vae, make_training_objective(vae, t), dynamic_binarization=cfg.data.binarize == "dynamic",
                 compile=t.compile, world=world)
     report = progress and world.is_main
-    if isinstance(step.objective, MeanFieldELBO) and report:
+    if vae.semi_supervised and t.objective == "mean_field" and report:
+        step.log("train.objective = mean_field: with the label enumerated, Pyro's TraceEnum_ELBO estimates KL(q(z|x,y) || p(z)) "
+                 "by Monte Carlo, as train.objective = elbo does")
+    elif isinstance(step.objective, MeanFieldELBO) and report:
         first = ds.train[:1]
         if note := monte_carlo_kl_note(vae, first.x, first.y):
             step.log(note)

@@ -26,19 +26,27 @@ def set_args(data_dir, overrides):
     return args
 
 
+SEMI_SUPERVISED = ["model.conditional=true", "data.labelled=20", "train.labelled_batch_size=10"]
+
+
 # dreg: the IWAE bound with the gradient hook on z, under DistributedDataParallel
-@pytest.mark.parametrize("objective, compile", [("elbo", "on"), ("dreg", "off")])
-def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, objective, compile):
+@pytest.mark.parametrize("objective, compile, extra", [("elbo", "on", []), ("dreg", "off", []), ("elbo", "auto", SEMI_SUPERVISED)],
+                         ids=["elbo-compiled", "dreg-eager", "semi-supervised"])
+def test_two_processes_match_one_with_the_same_global_batch(data_dir, tmp_path, objective, compile, extra):
     # compiled, the step all-reduces the gradients itself; eager, DistributedDataParallel does
-    overrides = OVERRIDES + [f"train.objective={objective}", f"train.num_particles={1 if objective == 'elbo' else 3}", f"train.compile={compile}"]
+    overrides = OVERRIDES + [f"train.objective={objective}", f"train.num_particles={1 if objective == 'elbo' else 3}", f"train.compile={compile}", *extra]
     train_run(small_config(data_dir, *overrides), tmp_path / "one", progress=False)
     result = torchrun(2, ["train", "--out", str(tmp_path / "two"), "--no-progress", *set_args(data_dir, overrides)])
     assert result.returncode == 0, result.stderr[-2000:]
     one = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
     two = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
     assert one["state"]["step"] == two["state"]["step"] == 16
+    # the semi-supervised classifier's gradient is q(y|x) (cost - its mean) over the enumerated classes, a difference of
+    # costs of hundreds of nats: its rounding (1e-11 or so where a pixel is rarely on) differs with the summation order,
+    # and Adam divides a gradient that small by sqrt(v) + 1e-8, which turns it into steps of up to 1e-6 per epoch
+    atol = 1e-5 if extra else 1e-6
     for name, tensor in one["model"].items():
-        assert torch.allclose(tensor, two["model"][name], rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(tensor, two["model"][name], rtol=1e-4, atol=atol), name
     # the reported test ELBO covers the whole test set, reduced over both processes
     assert one["state"]["history"][-1]["test_elbo"] == pytest.approx(two["state"]["history"][-1]["test_elbo"], abs=0.5)
     assert one["state"]["history"][-1]["train_elbo"] == pytest.approx(two["state"]["history"][-1]["train_elbo"], rel=1e-5)
