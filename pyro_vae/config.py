@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from . import noise, sizes
+from . import noise, sizes, tracking
 from .errors import UserError
 from .files import read_user_file
 from .guides import GUIDES
@@ -87,6 +87,8 @@ class TrainConfig:
     compile: str = "auto"  # the training step traced and compiled: auto (where it can be) | on | off
     nan_policy: str = "stop"
     eval_batch_size: int = 1000
+    tensorboard: str = ""  # a folder for TensorBoard event files of the per-epoch metrics ("": off)
+    mlflow: str = ""  # an MLflow experiment to log the per-epoch metrics and the config into ("": off)
     supervised_weight: float = 50.0  # semi-supervised: alpha, the weight of each known label's -log q(y|x)
     labelled_batch_size: int = 20  # semi-supervised: known labels added to every step, cycled (0: mixed in proportion)
 
@@ -258,6 +260,7 @@ def validate(cfg):
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
+    tracking.check_available(t)
     if not 0 <= t.supervised_weight < float("inf"):
         raise UserError(f"train.supervised_weight must be a finite number of at least 0, got {t.supervised_weight}")
     _at_least("train.labelled_batch_size", t.labelled_batch_size, 0)

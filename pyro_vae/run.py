@@ -20,7 +20,7 @@ import pyro
 import torch
 
 from . import config as config_lib
-from . import data, distributed, sizes, writer
+from . import data, distributed, sizes, tracking, writer
 from .errors import UserError
 from .files import atomic_write_text
 from .runfolder import build_vae, check_same_data, class_row_labels, load_checkpoint, load_weights, save_checkpoint
@@ -66,9 +66,10 @@ def prepare_run_dir(out, cfg, resume, overwrite):
     cfg = with_resolved_data(cfg)
     # how the step runs does not change what it computes: a run may resume compiled or eager
     comparable = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=stored.train.epochs, max_steps=stored.train.max_steps,
-                                                                    compile=stored.train.compile))
+                                                                    compile=stored.train.compile,
+                                                                    tensorboard=stored.train.tensorboard, mlflow=stored.train.mlflow))
     if comparable != with_resolved_data(stored):
-        raise UserError(f"--resume: the config differs from the one {out} was trained with (only train.epochs, train.max_steps and train.compile may change); drop --config/--set or start a new run")
+        raise UserError(f"--resume: the config differs from the one {out} was trained with (only train.epochs, train.max_steps, train.compile, train.tensorboard and train.mlflow may change); drop --config/--set or start a new run")
     return cfg, payload
 
 
@@ -149,8 +150,14 @@ def _train_into(cfg, out, resume, overwrite, progress, world):
         else:
             writer.switch(out, write)
             owns_folder = True
+        trackers.log(state.history[-1])
 
-    state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress, world=world)
+    trackers = tracking.Trackers(cfg, out.name) if world.is_main else None
+    try:
+        state = fit(vae, ds, cfg, state=state, optimizer=optimizer, on_epoch=save, progress=progress, world=world)
+    finally:
+        if trackers is not None:
+            trackers.close()
     if world.is_main:
         write_run_figures(out, vae, ds, state.history)
     return vae, state

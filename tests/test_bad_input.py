@@ -340,7 +340,7 @@ ROWS = [
     Row("run folder holds another run", lambda ws: ["train", "--out", str(ws.mnist_run()), *small(ws, "seed=1")],
         ("already holds a run", "add --resume to continue it, --overwrite to replace it")),
     Row("resume with another config", lambda ws: ["train", "--out", str(ws.mnist_run()), "--resume", *small(ws, "model.latent_dim=9")],
-        ("the config differs", "only train.epochs, train.max_steps and train.compile may change")),
+        ("the config differs", "only train.epochs, train.max_steps, train.compile, train.tensorboard and train.mlflow may change")),
     # sizes no machine holds: refused before anything is allocated, naming the key to lower
     *(Row(f"{key} beyond any machine", train_new(override), ("of memory", "more than the", f"lower {key}"))
       for key, override in [("model.latent_dim", "model.latent_dim=1000000000000"),

@@ -19,6 +19,7 @@ from pyro_vae.model import UNKNOWN
 from pyro_vae.noise import GivenNoise
 from pyro_vae.objectives import make_objective
 from pyro_vae.run import load_run, train_run
+from pyro_vae.train import make_training_objective
 from pyro_vae.semisupervised import SemiSupervisedELBO
 
 C, D, LATENT = 4, 12, 3
@@ -177,18 +178,18 @@ def test_the_semi_supervised_step_runs_eager_under_auto_and_refuses_on(capsys):
 
 
 @pytest.mark.filterwarnings("ignore:y:UserWarning")  # Pyro's note that Trace_ELBO does not enumerate: the point
-def test_the_sync_free_loss_refuses_an_enumerated_or_sampled_discrete_site():
-    from pyro.infer import Trace_ELBO
-
-    from pyro_vae.objectives import sync_free_loss
+def test_the_summing_objectives_refuse_the_label_site_and_the_compiled_step_refuses_enumeration():
+    """The registered objectives sum the sites' log-densities: for the guide's discrete label that
+    would drop its score-function term, so they refuse it; the enumerated objective has no
+    tensor-only reduction, so the compiled step refuses it rather than training something else."""
+    from pyro_vae.step import Step
 
     vae = small_m2()
     x = torch.bernoulli(torch.full((3, D), 0.4))
-    with pytest.raises(UserError, match="cannot sum out enumerated sites"):
-        sync_free_loss(make_objective("elbo", enumerated=True), vae.model, vae.guide, x, None)
-    # Trace_ELBO samples the label instead: summing its log-density would drop the score-function term
-    with pytest.raises(UserError, match="guide's site 'y' \\(enumerated\\)"):
-        sync_free_loss(Trace_ELBO(), vae.model, vae.guide, x, None)
+    with pytest.raises(UserError, match="'y'"):
+        make_objective("elbo").differentiable_loss(vae.model, vae.guide, x, None)
+    with pytest.raises(UserError, match="cannot be compiled"):
+        Step(vae, make_training_objective(vae, config.load(None, []).train), dynamic_binarization=False, compile="on")
 
 
 # -- runs ------------------------------------------------------------------------------------------
