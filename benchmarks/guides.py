@@ -21,12 +21,11 @@ an evaluation already stored with these settings is used as it is.
 """
 
 import argparse
-import csv
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from commands import pyro_vae, read_csv
 
 from pyro_vae import records
 
@@ -40,18 +39,6 @@ ROWS = {
 }
 
 
-def pyro_vae(*argv):
-    done = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"pyro-vae {' '.join(argv)} failed:\n{done.stderr}")
-    return done.stdout
-
-
-def metrics(run):
-    path = run / "metrics.csv"
-    return list(csv.DictReader(path.open())) if path.exists() else []
-
-
 def train(name, run, epochs, resume=False):
     config, sets = ROWS[name]
     flags = [arg for item in sets + [f"train.epochs={epochs}"] for arg in ("--set", item)]
@@ -61,7 +48,7 @@ def train(name, run, epochs, resume=False):
 def prepare(name, args):
     """Train, evaluate and explore the row's run where its folder does not hold them yet."""
     run = Path(args.out) / name
-    done = len(metrics(run))
+    done = len(read_csv(run / "metrics.csv"))
     if done < args.epochs:
         train(name, run, args.epochs, resume=done > 0)
     if not (run / records.FOLDER / records.log_px_name(args.num_samples, args.limit, 0)).exists():
@@ -79,7 +66,7 @@ def epoch_seconds(names, rounds):
             for name in names:
                 run = Path(tmp) / f"{name}-{r}"
                 train(name, run, 2)
-                seconds[name].append(float(metrics(run)[1]["seconds"]))
+                seconds[name].append(float(read_csv(run / "metrics.csv")[1]["seconds"]))
     return seconds
 
 

@@ -20,13 +20,13 @@ one that holds as many is evaluated as it is.
 """
 
 import argparse
-import csv
 import json
 import math
 import statistics
-import subprocess
 import sys
 from pathlib import Path
+
+from commands import pyro_vae, read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "examples" / "configs" / "mnist_iwae.toml"
@@ -41,19 +41,8 @@ ROWS = {  # name: (objective, k, the standard row it is paired with)
 }
 
 
-def pyro_vae(*argv):
-    done = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"pyro-vae {' '.join(argv)} failed:\n{done.stderr}")
-    return done.stdout
-
-
 def last_json(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
-
-
-def read_csv(path):
-    return list(csv.DictReader(path.open())) if path.exists() else []
 
 
 def train(name, run, epochs):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from commands import pyro_vae
 
 from pyro_vae import config as config_lib
 from pyro_vae import records
@@ -69,13 +70,6 @@ def main():
           f"evaluate {evaluated}; {hardware()}; commit {commit()}")
     runs = [*args.compare_with, str(out)]
     print(pyro_vae("compare", *runs, "--num-samples", str(args.num_samples), "--format", "markdown"), end="")
-
-
-def pyro_vae(*argv):
-    result = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True)
-    if result.returncode:
-        sys.exit(f"pyro-vae {' '.join(argv)} failed:\n{result.stderr}")
-    return result.stdout
 
 
 if __name__ == "__main__":
