@@ -15,6 +15,13 @@ def mnist_dir():
     return os.environ.get("PYRO_VAE_DATA") or str(REPO.parent / "shared" / "data")
 
 
+def snapshot(root, skip=None):
+    """Every file's bytes (and every folder) under ``root``, but ``skip`` and what lies under it:
+    what a test compares before and after a command that must change nothing else."""
+    return {p.relative_to(root): p.read_bytes() if p.is_file() else "folder"
+            for p in sorted(root.rglob("*")) if skip is None or (p != skip and skip not in p.parents)}
+
+
 def small_config(data_dir, *overrides):
     """A config that trains in seconds: 2000 MNIST training images, 500 test images, small nets."""
     base = [

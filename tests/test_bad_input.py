@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import snapshot
 from pyro_vae import cli, config
 from pyro_vae.guides import GUIDES
 from pyro_vae.likelihoods import LIKELIHOODS
@@ -422,9 +423,6 @@ ROWS = [
     Row("empty --out", lambda ws: ["train", "--out", "", *small(ws)], ("--out is empty",)),
 ]
 
-
-def snapshot(root):
-    return {p.relative_to(root): p.read_bytes() if p.is_file() else "folder" for p in sorted(root.rglob("*"))}
 
 
 def run_cli(argv, in_subprocess, cwd, capsys):

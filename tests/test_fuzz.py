@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from helpers import snapshot
 from pyro_vae import cli, config
 from pyro_vae.errors import UserError
 from pyro_vae.guides import GUIDES
@@ -28,10 +29,6 @@ from pyro_vae.priors import PRIORS
 
 FIXED = settings(derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 
-
-def snapshot(root, skip):
-    return {p.relative_to(root): p.read_bytes() if p.is_file() else "folder"
-            for p in sorted(root.rglob("*")) if skip not in p.parents and p != skip}
 
 
 def one_line_failure(status, err):

@@ -252,22 +252,6 @@ def test_each_objective_works_with_pyros_svi_outside_the_package():
         assert math.isfinite(loss) and all(not torch.equal(p, before[name]) for name, p in vae.named_parameters()), cls.name
 
 
-NEW = [("stl", 3), ("dreg", 4), ({"type": "miwae", "bounds": 2}, 4), ({"type": "piwae", "bounds": 2}, 4), ({"type": "ciwae", "beta": 0.3}, 4)]
-
-
-@pytest.mark.parametrize("objective, particles", NEW, ids=str)
-@pytest.mark.parametrize("prior", ["normal", {"type": "vamp", "components": 4}], ids=str)
-@pytest.mark.parametrize("guide", ["diagonal", "full_rank", {"type": "iaf", "flows": 2, "hidden": [8], "context": 4}], ids=str)
-def test_the_traced_step_equals_eager_for_each_objective(guide, prior, objective, particles):
-    torch.manual_seed(0)
-    vae = tiny_vae(prior, guide=guide).double()
-    with torch.no_grad():
-        for p in vae.parameters():  # the extra outputs and the flows' last layers start at zero
-            p.normal_(0, 0.3)
-    # KL warm-up's weight scales the re-scored guide densities as it does the others
-    assert_same_step(vae, objective, particles, torch.rand(10, 12, dtype=torch.float64), kl_weight=0.5)
-
-
 def test_the_compiled_step_refuses_an_objective_without_a_reduction_in_one_line(capsys):
     vae, x = tiny_vae(), torch.rand(10, 12)
     from pyro_vae.step import Step

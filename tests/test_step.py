@@ -16,6 +16,8 @@ from pyro_vae.train import EpochLosses, fit
 PRIORS = ["normal", "learned_normal", {"type": "mixture", "components": 3}, {"type": "vamp", "components": 4}]
 LIKELIHOODS = ["bernoulli", "continuous_bernoulli", {"type": "gaussian", "scale": 0.5}, "gaussian", "laplace"]
 OBJECTIVES = [("elbo", 1), ("mean_field", 1), ("iwae", 3)]
+# the estimators of tests/test_objectives.py, whose traced steps are checked here with the others
+ESTIMATORS = [("stl", 3), ("dreg", 4), ({"type": "miwae", "bounds": 2}, 4), ({"type": "piwae", "bounds": 2}, 4), ({"type": "ciwae", "beta": 0.3}, 4)]
 
 
 GUIDES = ["full_rank", {"type": "iaf", "flows": 2, "hidden": [8], "context": 4}]
@@ -76,11 +78,12 @@ def test_the_traced_step_equals_pyros_objective(prior, likelihood, objective, pa
     assert_same_step(tiny_vae(prior, likelihood).double(), objective, particles, x, kl_weight=0.5, dynamic=dynamic)
 
 
-@pytest.mark.parametrize("objective, particles", OBJECTIVES)
+@pytest.mark.parametrize("objective, particles", OBJECTIVES + ESTIMATORS, ids=str)
 @pytest.mark.parametrize("prior", [PRIORS[0], PRIORS[3]], ids=str)
-@pytest.mark.parametrize("guide", GUIDES, ids=str)
-def test_the_traced_step_equals_pyros_objective_for_every_guide_family(guide, prior, objective, particles):
-    # the step's noise goes through the family's Cholesky factor or flow, in the graph as eagerly
+@pytest.mark.parametrize("guide", ["diagonal", *GUIDES], ids=str)
+def test_the_traced_step_equals_eager_for_every_objective_and_guide_family(guide, prior, objective, particles):
+    # the step's noise goes through the family's Cholesky factor or flow, in the graph as eagerly;
+    # KL warm-up's weight scales the estimators' re-scored guide densities as it does the others
     torch.manual_seed(0)
     vae = tiny_vae(prior, guide=guide).double()
     with torch.no_grad():

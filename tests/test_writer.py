@@ -10,16 +10,12 @@ import sys
 
 import pytest
 
-from helpers import KILL_AT, cli_command, small_config
+from helpers import KILL_AT, cli_command, small_config, snapshot
 from pyro_vae import cli, writer
-from pyro_vae.likelihoods import LIKELIHOODS
-from test_faults import NaNAt
+from test_faults import nan_at  # noqa: F401 - the fixture, shared
 
 HOLD = "import sys; from pyro_vae import writer; lock = writer.exclusive(sys.argv[1]); lock.__enter__(); print('locked', flush=True); sys.stdin.read()"
 
-
-def snapshot(root):
-    return {p.relative_to(root): p.read_bytes() if p.is_file() else "folder" for p in sorted(root.rglob("*"))}
 
 
 @pytest.fixture
@@ -81,11 +77,6 @@ def test_the_kernel_releases_a_sigkilled_writers_lock(old_run, data_dir, held, t
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert cli.main(train_args(data_dir, old_run, "--resume", overrides=())) == 0  # the same run: nothing left to train
-
-
-@pytest.fixture
-def nan_at(monkeypatch):
-    monkeypatch.setitem(LIKELIHOODS._classes, NaNAt.name, NaNAt)
 
 
 def test_an_overwrite_that_fails_in_its_first_epoch_leaves_the_old_run_whole(old_run, data_dir, nan_at, capsys):
