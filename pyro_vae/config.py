@@ -25,6 +25,7 @@ from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
 from .objectives import ENUMERATION_OBJECTIVES, make_objective
 from .objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from .priors import PRIORS
+from .registry import as_float32
 
 BINARIZATIONS = ("dynamic", "static", "none")
 # the built-in objectives (pyro_vae.objectives registers them; a registered one of your own is valid too)
@@ -217,7 +218,7 @@ def _positive(key, value, high=math.inf):
     if not (0 < value <= high and math.isfinite(value)):
         bound = f" and at most {high}" if math.isfinite(high) else ""
         raise UserError(f"{key} must be a finite positive number{bound}, got {value}")
-    if float(torch.tensor(value, dtype=torch.float32)) == 0:
+    if as_float32(value) == 0:
         raise UserError(f"{key} = {value} is 0 in float32, the precision training runs in; use a value of at least 1e-30")
 
 

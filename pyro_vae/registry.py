@@ -64,6 +64,11 @@ class Registry:
         return {p.name: p.default for p in signature.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def as_float32(value):
+    """``value`` as float32, the training precision, holds it (0 where it underflows, inf where it overflows)."""
+    return float(torch.tensor(value, dtype=torch.float32))
+
+
 def _float32_problem(value):
     """What a real ``value`` should be where float32, the training precision, cannot hold it as
     given (NaN or inf; a magnitude that overflows, or a nonzero one that underflows to 0)."""
@@ -71,7 +76,7 @@ def _float32_problem(value):
         return None
     if not math.isfinite(value):
         return "a finite number"
-    single = float(torch.tensor(value, dtype=torch.float32))
+    single = as_float32(value)
     if not math.isfinite(single) or (value != 0 and single == 0):
         return "a number float32 can hold (magnitude between about 1e-38 and 3e38, or 0)"
     return None

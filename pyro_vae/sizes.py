@@ -7,7 +7,8 @@ very allocation being guarded against (and a flow with ``flows = 10**9`` would c
 Python modules first). It counts the built-in parts exactly for their parameters, and the largest
 tensors a training step creates, as products of the sizes the config names. Each product is
 charged to the key of its largest factor, which is the key the message tells the user to lower.
-A part registered by a user is not counted: it is trusted to fit.
+A part registered by a user is not counted (unless it subclasses a built-in one): it is
+trusted to fit. The parameters a config leaves out are read from the classes' own defaults.
 
 What is charged (float32, 4 bytes an element):
 
@@ -22,6 +23,9 @@ import os
 import torch
 
 from .errors import UserError
+from .guides import GUIDES, FullRank, InverseAutoregressiveFlow
+from .likelihoods import LIKELIHOODS
+from .priors import PRIORS, GaussianMixture, VampPrior
 
 BYTES = 4
 PARAMETER_COPIES = 4
@@ -58,11 +62,11 @@ def _net_terms(net, key, n_in, n_out, pixels):
     return [term(a, b) for a, b in zip(widths[:-1], widths[1:])], widest
 
 
-def _params(spec):
-    if isinstance(spec, str):
-        return spec, {}
-    params = dict(spec)
-    return params.pop("type"), params
+def _part(registry, spec, key):
+    """``(class, parameters)`` of a config's prior, likelihood or family, with every parameter the
+    config leaves out at the class's own default."""
+    cls, params = registry.resolve(spec, key)
+    return cls, {**registry.parameters(cls), **params}
 
 
 def training_terms(cfg, input_dim, num_classes, rows):
@@ -75,19 +79,19 @@ def training_terms(cfg, input_dim, num_classes, rows):
     batch = Factor(min(t.batch_size, rows), "train.batch_size")
     # a semi-supervised step runs the networks once per class (the unknown label is enumerated)
     particles = Factor(t.num_particles * (num_classes if cfg.data.labelled and num_classes else 1), "train.num_particles")
-    guide, guide_params = _params(m.guide)
-    prior, prior_params = _params(m.prior)
-    likelihood, likelihood_params = _params(m.likelihood)
+    guide, guide_params = _part(GUIDES, m.guide, "model.guide")
+    prior, prior_params = _part(PRIORS, m.prior, "model.prior")
+    _, likelihood_params = _part(LIKELIHOODS, m.likelihood, "model.likelihood")
 
     extra = Factor(0, None)
     params, widest = [], []
-    if guide == "full_rank":
+    if issubclass(guide, FullRank):
         extra = Factor(m.latent_dim * (m.latent_dim - 1) // 2, "model.latent_dim")
         widest.append(term(latent, latent))  # the Cholesky factor of each row
-    elif guide == "iaf":
-        flows = Factor(guide_params.get("flows", 2), "model.guide.flows")
-        context = Factor(guide_params.get("context", 50), "model.guide.context")
-        hidden = [Factor(h, "model.guide.hidden") for h in guide_params.get("hidden", (320,))]
+    elif issubclass(guide, InverseAutoregressiveFlow):
+        flows = Factor(guide_params["flows"], "model.guide.flows")
+        context = Factor(guide_params["context"], "model.guide.context")
+        hidden = [Factor(h, "model.guide.hidden") for h in guide_params["hidden"]]
         extra = context
         widths = [Factor(m.latent_dim + context, "model.latent_dim" if m.latent_dim > context else "model.guide.context"), *hidden,
                   Factor(2 * m.latent_dim, "model.latent_dim")]
@@ -102,16 +106,16 @@ def training_terms(cfg, input_dim, num_classes, rows):
     widest.append(wide)
 
     activations = []
-    if prior in ("mixture", "vamp"):
-        components = Factor(prior_params.get("components", 10 if prior == "mixture" else 500), "model.prior.components")
+    if issubclass(prior, (GaussianMixture, VampPrior)):
+        components = Factor(prior_params["components"], "model.prior.components")
         # each datum's log-density under every component
         activations.append(term(batch, particles, components, latent))
-        if prior == "mixture":
+        if issubclass(prior, GaussianMixture):
             params.append(term(components, Factor(2 * m.latent_dim + 1, "model.latent_dim")))
         else:  # the pseudo-inputs, pushed through the encoder at every step
             params.append(term(components, data))
             activations += [term(components, Factor(w, k)) for w, k in widest[:-1]]
-    if likelihood in ("gaussian", "laplace") and likelihood_params.get("scale", "learned") == "learned":
+    if likelihood_params.get("scale") == "learned":  # a location-scale likelihood's per-pixel log-scale
         params.append(term(data))
     activations += [term(batch, particles, Factor(w, k)) for w, k in widest]
     return params, activations
