@@ -20,9 +20,10 @@ from . import noise, sizes, tracking
 from .errors import UserError
 from .files import read_user_file
 from .guides import GUIDES
+from .layers import LAYERS, layer_key, layer_spec, site_name
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
-from .objectives import ENUMERATION_OBJECTIVES, make_objective
+from .objectives import ENUMERATION_OBJECTIVES, check_independent_sites, make_objective
 from .objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from .priors import PRIORS
 from .registry import as_float32
@@ -69,6 +70,9 @@ class ModelConfig:
     encoder: NetworkConfig = field(default_factory=NetworkConfig)
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
     classifier: NetworkConfig = field(default_factory=NetworkConfig)  # q(y|x) of a semi-supervised model (data.labelled > 0)
+    # stochastic layers above z, bottom-up, each {latent_dim = D, hidden = [...], activation, guide}
+    # (sites "z2", "z3", ...); left out (the default), the one-layer VAE
+    layers: list = field(default_factory=list)
 
 
 @dataclass
@@ -102,7 +106,10 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_toml(self):
-        return tomli_w.dumps(dataclasses.asdict(self))
+        table = dataclasses.asdict(self)
+        if not self.model.layers:  # a one-layer config reads as it always has (and as older versions read it)
+            del table["model"]["layers"]
+        return tomli_w.dumps(table)
 
 
 def load(path=None, overrides=()):
@@ -191,6 +198,8 @@ def _check_type(key, value, default):
     elif isinstance(default, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif key == "model.layers":
+        return _check_layers(value)
     elif isinstance(default, list):
         ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     elif isinstance(default, str) and key in ("model.prior", "model.likelihood", "model.guide", "train.objective"):
@@ -201,6 +210,17 @@ def _check_type(key, value, default):
         expected = {bool: "true or false", int: "an integer", float: "a number", list: "a list of integers"}.get(type(default), "a string")
         raise UserError(f"{key} must be {expected}, got {value!r}")
     return value
+
+
+def _check_layers(value):
+    """``model.layers`` as a list of layer tables with their types filled in; each table's
+    parameters are checked by its layer class in :func:`validate`."""
+    if not isinstance(value, list):
+        raise UserError(f"model.layers must be a list of tables such as [{{latent_dim = 50, hidden = [100, 100]}}], got {value!r}")
+    if not value:
+        raise UserError("model.layers is an empty list; leave the key out for a one-layer VAE, or list the layers above z "
+                        "(for example [{latent_dim = 50, hidden = [100, 100]}])")
+    return [layer_spec(spec, layer_key(i)) for i, spec in enumerate(value)]
 
 
 def _choice(key, value, choices):
@@ -258,6 +278,8 @@ def validate(cfg):
     if isinstance(t.objective, str):
         _choice("train.objective", t.objective, OBJECTIVE_REGISTRY.names())
     objective = make_objective(t.objective, t.num_particles)  # its parameters' checks (bounds against num_particles, ...)
+    if cfg.model.layers and getattr(objective, "stops_parameters", False):
+        check_independent_sites(["z", *(site_name(i + 2) for i in range(len(cfg.model.layers)))], objective.name)
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)
@@ -271,12 +293,16 @@ def validate(cfg):
     if cfg.data.labelled and objective.name not in ENUMERATION_OBJECTIVES:
         raise UserError(f"train.objective = {t.objective!r} cannot sum out the unknown labels of a semi-supervised run (data.labelled > 0); "
                         f"choose one of: {', '.join(ENUMERATION_OBJECTIVES)}")
+    layers = [LAYERS.resolve(spec, layer_key(i)) for i, spec in enumerate(cfg.model.layers)]
     # sizes no machine holds are refused before any part is built; the data's width is not known
     # yet (one feature stands in for it), so train checks again once the data are loaded
     sizes.check_training_fits(cfg, 1, None, t.batch_size, "cpu")
     # each part built once for its own range checks, so that they fail before any data load; no
     # random draws spent
     with torch.random.fork_rng():
-        prior_cls(cfg.model.latent_dim, 1, **prior_params)
+        below = cfg.model.latent_dim
+        for i, (layer_cls, layer_params) in enumerate(layers):
+            below = layer_cls(below, 0, layer_key(i), **layer_params).latent_dim
+        prior_cls(below, 1, **prior_params)
         likelihood_cls(1, **likelihood_params)
         guide_cls(cfg.model.latent_dim, **guide_params)

@@ -16,6 +16,15 @@ draws the latent space (``latent_map.png``, ``interpolations.png``, ``traversals
   q(z_j|x) is the Gaussian with q's per-dimension mean and standard deviation (``VAE.encode``):
   exact for the diagonal and full-rank families, an approximation for a flow, whose marginals have
   no formula (``posterior_marginals`` says which).
+
+A hierarchical VAE (``model.layers``) is measured layer by layer (``layers`` in the summary, and
+Burda et al.'s "16+5" as ``active_units_by_layer``; ``active_units`` is then the total): the
+posterior means of a layer above z are averages over draws of the layers below it
+(``VAE.encode_layers``), and dimension j of layer l carries the Monte Carlo average over
+z ~ q(z, z2, ... | x) of :math:`\log q(z_{l,j} | z_{l-1}) - \log p(z_{l,j} | z_{l+1})` (the
+prior's marginal at the top), terms that add up, over every dimension of every layer, to
+KL(q(z, z2, ... | x) || p(z, z2, ...)) for diagonal families and a factorized prior. The figures
+live in the top layer, the prior's space, decoded down through each layer's conditional mean.
 """
 
 import io
@@ -31,6 +40,7 @@ from torch.distributions import kl_divergence
 from . import noise, records
 from .errors import UserError
 from .files import atomic_write_bytes
+from .networks import call_net
 from .runfolder import load_split
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
@@ -42,16 +52,28 @@ QUANTILE_LEVELS = 9  # columns of traversals.png
 MANIFOLD_SIDE = 20
 
 
+def batches(split, batch_size):
+    return (split[i : i + batch_size] for i in range(0, len(split), batch_size))
+
+
 def encode_split(vae, split, batch_size=1000):
     """``(loc, scale)`` (N, latent_dim) of q(z|x[, y]) for every datum of ``split``."""
-    parts = [vae.encode(batch.x, batch.y) for batch in (split[i : i + batch_size] for i in range(0, len(split), batch_size))]
+    parts = [vae.encode(batch.x, batch.y) for batch in batches(split, batch_size)]
     return torch.cat([loc for loc, _ in parts]), torch.cat([scale for _, scale in parts])
 
 
+def encode_layers_split(vae, split, batch_size=200):
+    """``{site: (mean, std)}``, (N, dim) each, of every layer's marginal under q for every datum
+    of ``split``, bottom-up (:meth:`VAE.encode_layers`)."""
+    parts = [vae.encode_layers(batch.x, batch.y) for batch in batches(split, batch_size)]
+    return {site: tuple(torch.cat([part[site][i] for part in parts]) for i in range(2)) for site in vae.latent_sites}
+
+
 def encode_run(run_dir, out, split="test", limit=None):
-    """Write ``loc``, ``scale`` (N, latent_dim) float32, where the data have labels ``labels``
-    (N,) int64, and for a semi-supervised run the classifier's class probabilities ``y_probs``
-    (N, C) float32, to the ``.npz`` file ``out``."""
+    """Write ``loc``, ``scale`` (N, latent_dim) float32 (and for each layer above z, ``loc_z2``,
+    ``scale_z2``, ...), where the data have labels ``labels`` (N,) int64, and for a
+    semi-supervised run the classifier's class probabilities ``y_probs`` (N, C) float32, to the
+    ``.npz`` file ``out``."""
     out = Path(out)
     if out.suffix != ".npz":
         raise UserError(f"--out must end in .npz, got {out.name}")
@@ -60,8 +82,10 @@ def encode_run(run_dir, out, split="test", limit=None):
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be a positive number of images, got {limit} (leave it out for the whole split)")
     _, vae, _, chosen = load_split(run_dir, split, limit or 0)
-    loc, scale = encode_split(vae, chosen)
-    arrays = {"loc": loc.numpy().astype(np.float32), "scale": scale.numpy().astype(np.float32)}
+    arrays = {}
+    for site, (loc, scale) in encode_layers_split(vae, chosen).items():  # the bottom layer under today's keys
+        suffix = "" if site == "z" else f"_{site}"
+        arrays[f"loc{suffix}"], arrays[f"scale{suffix}"] = loc.numpy().astype(np.float32), scale.numpy().astype(np.float32)
     if chosen.y is not None:
         arrays["labels"] = chosen.y.numpy().astype(np.int64)
     if vae.semi_supervised:  # the classifier's q(y|x), (N, C)
@@ -131,6 +155,45 @@ def kl_per_dim(prior, loc, scale, num_samples=KL_SAMPLES, seed=0):
     return kl, stderr, method
 
 
+def stack_kl_per_dim(vae, split, num_samples=KL_SAMPLES, seed=0, batch_size=200):
+    """``({site: (kl (D,), stderr (D,))}, method)`` of a hierarchical VAE: per dimension of each
+    layer, the average over the data of the Monte Carlo mean over ``num_samples`` draws of the whole
+    chain z ~ q(z|x), z2 ~ q(z2|z), ... of log q(z_l,j | z_{l-1}) - log p(z_l,j | z_{l+1}), the
+    prior's marginal at the top; q's per-dimension density is the Gaussian with the family's
+    moments (exact for the diagonal family). ``stderr`` is the Monte Carlo standard error."""
+    prior = vae.prior_distribution()
+    log_marginal, method = marginal_log_density(prior)
+    width = prior.mixture_distribution.logits.shape[-1] if isinstance(prior, dist.MixtureSameFamily) else (
+        KDE_SAMPLES if method == "monte_carlo_kde" else 1)
+    batch_size = max(1, min(batch_size, ELEMENTS // (num_samples * max(vae.latent_dim, vae.top_dim) * width)))
+    sums = {site: [] for site in vae.latent_sites}
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for batch in batches(split, batch_size):
+            y_onehot = vae.onehot(batch.y)
+            encoded, family, parent = call_net(vae.encoder, batch.x, y_onehot), vae.family, None
+            draws = []
+            for level in range(len(vae.latent_sites)):
+                if level:
+                    layer = vae.stack[level - 1]
+                    encoded, family = layer.encoded(parent, y_onehot), layer.family
+                z = family(encoded).sample((num_samples,) if parent is None else ())
+                draws.append((z, dist.Normal(*family.moments(encoded))))
+                parent = z
+            for level, (site, (z, q)) in enumerate(zip(vae.latent_sites, draws)):
+                if level + 1 < len(draws):
+                    log_p = vae.stack[level].conditional(draws[level + 1][0], y_onehot).base_dist.log_prob(z)
+                else:
+                    log_p = log_marginal(z)
+                sums[site].append(q.log_prob(z) - log_p)  # (S, B, D)
+    result = {}
+    for site, parts in sums.items():
+        terms = torch.cat(parts, dim=1)
+        n = terms.shape[1]
+        result[site] = terms.mean((0, 1)), (terms.var(0).sum(0) / num_samples).sqrt() / n
+    return result, method
+
+
 def prior_quantiles(prior, levels, num_samples=10000):
     """(L, D): each dimension's prior-marginal quantiles at ``levels``; exact for a diagonal
     Gaussian, else empirical quantiles of prior samples."""
@@ -187,21 +250,35 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     image_shape = tuple(payload["image_shape"])
     conditional = vae.num_classes is not None
     torch.manual_seed(seed)
-    loc, scale = encode_split(vae, test)
+    codes = encode_layers_split(vae, test)
     with torch.no_grad():
         prior = vae.prior_distribution()
-        active, variances = active_units(loc)
-        kl, stderr, method = kl_per_dim(prior, loc, scale, seed=seed)
+        layers = []
+        if len(codes) == 1:
+            kl, stderr, method = kl_per_dim(prior, *codes["z"], seed=seed)
+            by_site = {"z": (kl, stderr)}
+        else:
+            by_site, method = stack_kl_per_dim(vae, test, seed=seed)
+        for site, (layer_loc, _) in codes.items():
+            count, variances = active_units(layer_loc)
+            kl, stderr = by_site[site]
+            layers.append({"site": site, "latent_dim": layer_loc.shape[1], "active_units": count, "posterior_mean_variance": variances,
+                           "kl_per_dim": kl, "kl_stderr": stderr})
+        # the figures live in the prior's space, the top layer (the only one, for a one-layer VAE)
+        top = layers[-1]
+        loc = codes[vae.top_site][0]
+        kl = top["kl_per_dim"]
         drawn = kl.argsort(descending=True)[:MAX_TRAVERSED].tolist()
+        site = vae.top_site
 
         def decode(z, y):
-            return vae.sample(len(z), y=y, z=z)
+            return vae.sample(len(z), y=y, z=z, means_below=True)
 
         figures = {}
         points, axes = project_2d(loc)
         given = ", given the true label y" if conditional else ""
         figures["latent_map.png"] = lambda path: plots.latent_map(
-            path, points, test.y, axes, f"posterior means E[z | x{', y' if conditional else ''}] of {len(test)} test images{given}")
+            path, points, test.y, axes, f"posterior means E[{site} | x{', y' if conditional else ''}] of {len(test)} test images{given}")
 
         pairs = interpolation_pairs(test, 8, conditional)
         steps = torch.linspace(0, 1, 8)
@@ -228,10 +305,10 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
         figures["traversals.png"] = lambda path: plots.image_grid(
             path, torch.cat(traversal_rows), image_shape, len(levels),
             title=f"one dimension varied over the prior's quantiles, the others at the code of {anchor}",
-            row_labels=[f"z[{j}]  KL {kl[j]:.2f}" for j in drawn], col_labels=[f"{q:.0%}" for q in levels.tolist()],
+            row_labels=[f"{site}[{j}]  KL {kl[j]:.2f}" for j in drawn], col_labels=[f"{q:.0%}" for q in levels.tolist()],
             xlabel="quantile of the prior's marginal")
 
-        if vae.latent_dim == 2:
+        if vae.top_dim == 2:
             grid_levels = (torch.arange(MANIFOLD_SIDE) + 0.5) / MANIFOLD_SIDE
             grid_values = prior_quantiles(prior, grid_levels)
             # rows run from high z[1] at the top to low at the bottom, as on a plot's y axis
@@ -248,21 +325,26 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     out.mkdir(parents=True, exist_ok=True)
     for name, draw in figures.items():
         draw(out / name)
+    bottom = layers[0]
     summary = {
         "n": len(test),
         "latent_dim": vae.latent_dim,
-        "active_units": active,
+        # the total over the layers, as compare shows it; each layer's in "layers"
+        "active_units": sum(layer["active_units"] for layer in layers),
+        "active_units_by_layer": "+".join(str(layer["active_units"]) for layer in layers),
         "active_threshold": ACTIVE_THRESHOLD,
-        "posterior_mean_variance": variances.tolist(),
-        "kl_per_dim": kl.tolist(),
+        "posterior_mean_variance": bottom["posterior_mean_variance"].tolist(),
+        "kl_per_dim": bottom["kl_per_dim"].tolist(),
         "kl_method": method,
-        "posterior_marginals": "exact" if getattr(vae.family, "gaussian_marginals", False) else "gaussian_approximation",
-        "kl_total": float(kl.sum()),
+        "posterior_marginals": "exact" if getattr(vae.family, "gaussian_marginals", False) and len(layers) == 1 else "gaussian_approximation",
+        "kl_total": float(sum(layer["kl_per_dim"].sum() for layer in layers)),
         "dimensions_drawn": drawn,
         "figures": sorted(figures),
+        "layers": [{**layer, "posterior_mean_variance": layer["posterior_mean_variance"].tolist(), "kl_per_dim": layer["kl_per_dim"].tolist(),
+                    "kl_stderr": None if layer["kl_stderr"] is None else layer["kl_stderr"].tolist()} for layer in layers],
     }
-    if stderr is not None:
-        summary["kl_stderr"] = stderr.tolist()
+    if bottom["kl_stderr"] is not None:
+        summary["kl_stderr"] = bottom["kl_stderr"].tolist()
         summary["kl_samples_per_datum"] = KL_SAMPLES
     # kept for `pyro-vae compare` (its active-units column), one record per seed
     records.write(run_dir, records.explore_name(seed), records.new_record(
@@ -274,18 +356,26 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
 
 
 def table(s, run_dir, out):
-    how = {"closed_form": "closed form", "monte_carlo": f"Monte Carlo, {KL_SAMPLES} z per image, exact prior marginals",
-           "monte_carlo_kde": f"Monte Carlo, {KL_SAMPLES} z per image, prior marginals by kernel density from {KDE_SAMPLES} prior draws"}[s["kl_method"]]
+    layers = s["layers"]
+    samples = f"{KL_SAMPLES} z per image" if len(layers) == 1 else f"{KL_SAMPLES} draws of every layer per image"
+    how = {"closed_form": "closed form", "monte_carlo": f"Monte Carlo, {samples}, exact prior marginals",
+           "monte_carlo_kde": f"Monte Carlo, {samples}, prior marginals by kernel density from {KDE_SAMPLES} prior draws"}[s["kl_method"]]
     if s["posterior_marginals"] != "exact":
         how += "; q(z_j|x) taken as the Gaussian with q's mean and std per dimension, since this guide's marginals have no formula"
+    dims = "+".join(str(layer["latent_dim"]) for layer in layers)
+    what = ("KL(q(z_j|x) || p(z_j)) per dimension" if len(layers) == 1 else
+            "log q(z_j | layer below) - log p(z_j | layer above) per dimension of each layer (the prior at the top)")
+    stderr = any(layer["kl_stderr"] is not None for layer in layers)
     lines = [
-        f"{run_dir}: {s['n']} test images, latent_dim {s['latent_dim']}",
-        f"active units: {s['active_units']} of {s['latent_dim']} (variance of the posterior mean across the data > {s['active_threshold']})",
-        f"KL(q(z_j|x) || p(z_j)) per dimension, nats averaged over the test set ({how}); total {s['kl_total']:.2f}",
-        f"{'dim':>6} {'KL':>8} {'Var E[z|x]':>11}" + (f" {'std. err. of KL':>16}" if "kl_stderr" in s else ""),
+        f"{run_dir}: {s['n']} test images, latent_dim {dims}" + (f" (sites {', '.join(layer['site'] for layer in layers)})" if len(layers) > 1 else ""),
+        f"active units: {s['active_units_by_layer']} of {dims} (variance of the posterior mean across the data > {s['active_threshold']})",
+        f"{what}, nats averaged over the test set ({how}); total {s['kl_total']:.2f}",
+        f"{'dim':>8} {'KL':>8} {'Var E[z|x]':>11}" + (f" {'std. err. of KL':>16}" if stderr else ""),
     ]
-    for j in sorted(range(s["latent_dim"]), key=lambda j: -s["kl_per_dim"][j]):
-        err = f" {s['kl_stderr'][j]:16.3f}" if "kl_stderr" in s else ""
-        lines.append(f"{f'z[{j}]':>6} {s['kl_per_dim'][j]:8.3f} {s['posterior_mean_variance'][j]:11.3f}{err}")
-    lines.append(f"traversals.png shows {', '.join(f'z[{j}]' for j in s['dimensions_drawn'])} (0-based); figures in {out}: {', '.join(s['figures'])}")
+    for layer in layers:
+        for j in sorted(range(layer["latent_dim"]), key=lambda j: -layer["kl_per_dim"][j]):
+            err = f" {layer['kl_stderr'][j]:16.3f}" if stderr else ""
+            lines.append(f"{layer['site'] + f'[{j}]':>8} {layer['kl_per_dim'][j]:8.3f} {layer['posterior_mean_variance'][j]:11.3f}{err}")
+    top = layers[-1]["site"]
+    lines.append(f"traversals.png shows {', '.join(f'{top}[{j}]' for j in s['dimensions_drawn'])} (0-based); figures in {out}: {', '.join(s['figures'])}")
     return "\n".join(lines)

@@ -8,6 +8,14 @@ Generative model::
 Guide: ``z ~ q(z | encoder(x[, y]))``, a posterior family from guides.py (by default the diagonal
 Gaussian N(loc, diag(scale^2)) with ``(loc, scale) = encoder(x[, y])``).
 
+A hierarchical VAE (``layers``, layers.py) stacks sites ``"z2"``, ``"z3"``, ... above ``"z"``; the
+prior is on the top one, the model runs top-down and the guide bottom-up (Burda et al. 2015)::
+
+    z_L ~ p(z_L),  z_{l-1} ~ p(z_{l-1} | z_l), ...,  x ~ p(x | decoder(z[, y]))     (model)
+    z ~ q(z | encoder(x[, y])),  z_l ~ q(z_l | z_{l-1}), ...                       (guide)
+
+The one-layer VAE is the case of an empty stack: its top layer is ``"z"``.
+
 A conditional VAE (``num_classes``) takes y as an input of both networks: the model is
 p(x, z | y) and its ELBO bounds log p(x | y). A semi-supervised one (``classifier``, Kingma et al.
 2014's M2) makes y a Pyro site as well::
@@ -35,7 +43,8 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .guides import GUIDES
+from .guides import GUIDES, MOMENT_SAMPLES
+from .layers import build_layers, site_name
 from .likelihoods import LIKELIHOODS
 from .networks import INIT_BIASES, build_classifier, build_decoder, build_encoder, call_net
 from .priors import PRIORS
@@ -62,6 +71,9 @@ class VAE(nn.Module):
     conditional VAE: labels y are then required by ``model``, ``guide`` and ``sample``.
     ``classifier`` (a network config dict or an ``nn.Module`` from x to C logits) makes it
     semi-supervised: y becomes a Pyro site and may be unknown (``-1``, or ``y=None`` for all).
+    ``layers`` (``model.layers``' tables, or layer modules; layers.py) stacks stochastic layers
+    above z; ``latent_dim``, ``encoder``, ``decoder`` and ``guide`` remain the bottom layer's, and
+    ``prior`` is on the top one.
 
     A decoder config's ``init_bias`` (``"data"``, the default, or ``"default"``) says whether
     :meth:`init_from_data` starts the decoder's output at the training data's mean pixel.
@@ -78,6 +90,7 @@ class VAE(nn.Module):
         num_classes=None,
         guide="diagonal",
         classifier=None,
+        layers=(),
     ):
         super().__init__()
         if latent_dim < 1 or input_dim < 1:
@@ -90,6 +103,10 @@ class VAE(nn.Module):
         self.family = guide_cls(latent_dim, **guide_params)
         self.encoder = build_encoder(encoder, input_dim, latent_dim, n_cls, self.family.extra_outputs)
         self.decoder = build_decoder(decoder, latent_dim, input_dim, n_cls)
+        # only registered when there is a stack: a one-layer VAE's state_dict keeps exactly its keys
+        if layers:
+            self.layers = build_layers(layers, latent_dim, n_cls)
+        self.stack = tuple(self.layers) if layers else ()
         if classifier is not None:
             if not num_classes:
                 raise UserError("a semi-supervised VAE (a classifier q(y|x)) needs num_classes: labels to learn from")
@@ -98,7 +115,8 @@ class VAE(nn.Module):
         self.semi_supervised = classifier is not None
         self.pending_data_init = self._init_bias(decoder) == "data"
         prior_cls, prior_params = PRIORS.resolve(prior, "model.prior")
-        self.prior = prior_cls(latent_dim, input_dim, num_classes, **prior_params)
+        self.top_dim = self.stack[-1].latent_dim if self.stack else latent_dim
+        self.prior = prior_cls(self.top_dim, input_dim, num_classes, **prior_params)
         likelihood_cls, likelihood_params = LIKELIHOODS.resolve(likelihood, "model.likelihood")
         self.likelihood = likelihood_cls(input_dim, **likelihood_params)
         self.pyro_name = f"vae{next(_instance_ids)}"
@@ -187,7 +205,9 @@ class VAE(nn.Module):
                 # obs_mask=None: one site "y", observed (y given) or latent (y=None)
                 y = pyro.sample("y", self.label_prior(x), obs=None if y is None else y.clamp(min=0), obs_mask=known)
             y_onehot = self.onehot(y)
-            z = pyro.sample("z", self.prior_distribution())
+            z = pyro.sample(self.top_site, self.prior_distribution())
+            for level in range(len(self.stack), 0, -1):  # top-down, to the bottom layer's "z"
+                z = pyro.sample(site_name(level), self.stack[level - 1].conditional(z, y_onehot))
             out = call_net(self.decoder, z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
 
@@ -196,7 +216,20 @@ class VAE(nn.Module):
         with pyro.plate("data", x.shape[0]):
             if self.semi_supervised:
                 y = self._guide_label(x, y)
-            pyro.sample("z", self.posterior(x, y))
+            y_onehot = self.onehot(y)
+            z = pyro.sample("z", self.posterior(x, y))
+            for level, layer in enumerate(self.stack, start=2):  # bottom-up
+                z = pyro.sample(site_name(level), layer.posterior(z, y_onehot))
+
+    @property
+    def latent_sites(self):
+        """The latent sites of z, bottom-up: ``["z"]`` for one layer, ``["z", "z2", ...]`` for a stack."""
+        return [site_name(level) for level in range(1, len(self.stack) + 2)]
+
+    @property
+    def top_site(self):
+        """The site the prior is on."""
+        return self.latent_sites[-1]
 
     def _guide_label(self, x, y):
         """The guide's label site: q(y|x) where y is unknown, a point mass where it is known;
@@ -234,8 +267,10 @@ class VAE(nn.Module):
 
     # -- conveniences ---------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n, y=None, z=None):
-        """Draw ``n`` images from the model: z ~ p(z) (or the given ``z``), returning E[x | z, y].
+    def sample(self, n, y=None, z=None, means_below=False):
+        """Draw ``n`` images from the model: z ~ p(z) on the top layer (or the given ``z``), each
+        layer below drawn from p(z_{l-1} | z_l) (or at its mean, ``means_below``), returning
+        E[x | z, y].
 
         ``y`` is an int label or a tensor of ``n`` labels for a conditional VAE. Uses torch's
         global RNG, so ``torch.manual_seed`` / ``pyro.set_rng_seed`` make it reproducible.
@@ -247,12 +282,25 @@ class VAE(nn.Module):
         self.check_labels(y, n)
         if z is None:
             z = self.prior_distribution().sample((n,))
-        return self.likelihood.mean(call_net(self.decoder, z, self.onehot(y)))
+        y_onehot = self.onehot(y)
+        for layer in reversed(self.stack):
+            below = layer.conditional(z, y_onehot)
+            z = below.mean if means_below else below.sample()
+        return self.likelihood.mean(call_net(self.decoder, z, y_onehot))
 
     def prior_distribution(self):
-        """p(z) as a Pyro distribution with event shape (latent_dim,) (a VampPrior's depends on
-        the encoder, which is why the prior is handed it)."""
-        return self.prior(self.encoder)
+        """p(z) on the top layer as a Pyro distribution with event shape (top_dim,) (a VampPrior's
+        depends on the encoder, which is why the prior is handed it: for a stack, the bottom-up
+        encoder through every layer, :meth:`_top_encoder`)."""
+        return self.prior(self._top_encoder if self.stack else self.encoder)
+
+    def _top_encoder(self, x, y_onehot=None):
+        """What the top layer's family is built from, for ``x``: each layer below at the location of
+        the Gaussian at the heart of its family (the mean, for the diagonal and full-rank families)."""
+        encoded = call_net(self.encoder, x, y_onehot)
+        for layer in self.stack:
+            encoded = layer.encoded(encoded[0], y_onehot)
+        return encoded
 
     def posterior(self, x, y=None):
         """q(z|x[, y]) as a Pyro distribution with batch shape (N,) and event shape (latent_dim,)."""
@@ -273,6 +321,28 @@ class VAE(nn.Module):
             return self.family.moments(call_net(self.encoder, x, self.onehot(y)))
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def encode_layers(self, x, y=None):
+        """``{site: (mean, std)}`` of every layer's marginal under q for each datum, bottom-up: the
+        bottom layer's exactly as :meth:`encode`, the ones above from ``MOMENT_SAMPLES`` draws of the
+        layers below them (the same draws on every call: the global RNG is left as it was)."""
+        layers = {"z": self.encode(x, y)}
+        if not self.stack:
+            return layers
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.random.fork_rng([x.device] if x.is_cuda else []):
+                torch.manual_seed(0)
+                y_onehot = self.onehot(y)
+                z = self.posterior(x, y).sample((MOMENT_SAMPLES,))
+                for level, layer in enumerate(self.stack, start=2):
+                    z = layer.posterior(z, y_onehot).sample()
+                    layers[site_name(level)] = (z.mean(0), z.std(0))
+        finally:
+            self.train(was_training)
+        return layers
 
     @torch.no_grad()
     def reconstruct(self, x, y=None):

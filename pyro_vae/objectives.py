@@ -34,11 +34,13 @@ import torch
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.distributions.util import scale_and_mask
+from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
 from pyro.infer.util import torch_item
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import kl_divergence
 
 from .errors import UserError
@@ -179,12 +181,30 @@ def check_reparameterized(guide_trace, objective):
             )
 
 
+def check_independent_sites(names, objective):
+    """Refuse a stopped-parameter estimator on a guide with several latent sites: a site drawn given
+    another (z2 ~ q(z2 | z)) has distribution parameters that are functions of that site's sample,
+    and detaching them would cut the path through it along with the score channel."""
+    if len(names) > 1:
+        raise UserError(
+            f"train.objective = {objective} re-scores the guide with its parameters detached, which is exact only for a guide whose "
+            f"one latent site depends on x alone; this guide has the sites {', '.join(names)} (a hierarchy: each drawn given the one below); "
+            "use train.objective = iwae, miwae, ciwae, elbo or mean_field"
+        )
+
+
 class Objective(ELBO):
     """A bound over ``num_particles`` vectorized samples per datum and its gradient estimator, as
     one tensor-only reduction :meth:`reduce` of the traces. The keyword-only arguments of a
-    subclass's ``__init__`` are its config parameters (``{type = name, param = value}``)."""
+    subclass's ``__init__`` are its config parameters (``{type = name, param = value}``).
+
+    ``stops_parameters``: the estimator re-scores the guide with its distributions' parameters
+    detached (:func:`stopped_parameters`), which drops the score channel exactly only where each
+    latent site's distribution is a function of x and the parameters alone; a guide with several
+    latent sites (a hierarchy's z2 drawn given z) is refused (:func:`check_independent_sites`)."""
 
     name = "objective"
+    stops_parameters = False
 
     def __init__(self, num_particles=1, max_plate_nesting=1):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
@@ -200,6 +220,8 @@ class Objective(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         check_reparameterized(guide_trace, self.name)
+        if self.stops_parameters:
+            check_independent_sites([name for name, _ in latent_sites(guide_trace)], self.name)
         return self.reduce(model_trace, guide_trace)
 
     def loss(self, model, guide, *args, **kwargs):
@@ -234,17 +256,18 @@ class ReparamELBO(Objective):
 class MeanFieldELBO(Objective):
     r"""The ELBO with the closed-form KL between the guide's and the model's latent site where one
     is registered (the diagonal and full-rank guides against the normal and learned_normal
-    priors), as Pyro's ``TraceMeanField_ELBO`` does, and the Monte Carlo term otherwise (flows,
-    mixture and VampPrior):
+    priors) and may be used (:func:`closed_form_sites`), as Pyro's ``TraceMeanField_ELBO`` does,
+    and the Monte Carlo term otherwise (flows, mixture and VampPrior, the lower layers of a stack):
     :math:`\frac1K\sum_k \log p(x|z_k) - \mathrm{KL}(q(z|x)\,\|\,p(z))`."""
 
     def reduce(self, model_trace, guide_trace):
         elbo = 0.0
+        closed = closed_form_sites(model_trace, guide_trace)
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
             guide_site = guide_trace.nodes.get(name)
-            if not site["is_observed"]:
+            if name in closed:
                 try:
                     kl = kl_divergence(guide_site["fn"], site["fn"])
                 except NotImplementedError:
@@ -258,6 +281,23 @@ class MeanFieldELBO(Objective):
         return -elbo / self.num_particles
 
 
+def closed_form_sites(model_trace, guide_trace):
+    r"""The model's latent sites whose KL term may be taken in closed form: those whose every
+    earlier model latent site the guide also draws earlier. Where the model's p(z | z_2) depends
+    on a z_2 that the guide draws after z, from it (a bottom-up hierarchy), the closed-form
+    :math:`\mathrm{KL}(q(z|x) \,\|\, p(z|z_2))` at the sampled z_2 would average over z as if
+    it were independent of z_2, a different quantity; the Monte Carlo term keeps them joint."""
+    order = {name: i for i, (name, _) in enumerate(latent_sites(guide_trace))}
+    earlier, closed = [], set()
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or name not in order:
+            continue
+        if all(order[e] < order[name] for e in earlier):
+            closed.add(name)
+        earlier.append(name)
+    return closed
+
+
 @OBJECTIVES.register("stl")
 class STL_ELBO(Objective):
     r"""The ELBO with the sticking-the-landing gradient (Roeder et al. 2017): the path channel alone,
@@ -267,6 +307,8 @@ class STL_ELBO(Objective):
 
     unbiased (the dropped score term has expectation zero) and exactly zero when q(z|x) is the
     posterior, where :math:`\log w` is constant in z. The model's parameters get the ELBO's gradient."""
+
+    stops_parameters = True
 
     def reduce(self, model_trace, guide_trace):
         return -log_weights(model_trace, guide_trace, stopped_parameters).sum() / self.num_particles
@@ -300,6 +342,8 @@ class DReG_IWAE(IWAE_ELBO):
     The bound is taken over :math:`\log w` with q re-scored at detached parameters (its logsumexp
     weighs each particle by :math:`\tilde w_k`), and a hook on z multiplies the path by
     :math:`\tilde w_k` once more. With K = 1 it is :class:`STL_ELBO`."""
+
+    stops_parameters = True
 
     def reduce(self, model_trace, guide_trace):
         log_w = self.particles(log_weights(model_trace, guide_trace, stopped_parameters))
@@ -349,6 +393,8 @@ class PIWAE_ELBO(GroupedBound):
     score: IWAE's logsumexp weighs every channel by :math:`\tilde w_i`, a hook on z turns the path's
     weight into :math:`v_i`, and the score channel, :math:`\log q_\phi(\bar z)`, enters with
     weight :math:`v_i` (zero value). The reported loss is the K-sample IWAE bound."""
+
+    stops_parameters = True
 
     def reduce(self, model_trace, guide_trace):
         log_w = self.particles(log_weights(model_trace, guide_trace, stopped_parameters))
@@ -401,17 +447,29 @@ class LatentScale(Messenger):
 
 
 def monte_carlo_kl_note(vae, x, y=None):
-    """One line for the log when ``mean_field`` has no closed-form KL(q(z|x) || p(z)) for this
-    guide family and prior (a flow, a mixture or a VampPrior): the term is then estimated by
-    Monte Carlo, exactly as ``elbo`` does; ``None`` when it has one."""
+    """One line for the log when ``mean_field`` has no closed-form KL term for some latent site
+    (a flow, a mixture or a VampPrior; the layers below the top of a stack): those terms are then
+    estimated by Monte Carlo, exactly as ``elbo`` does; ``None`` when every one is closed-form."""
     with torch.no_grad(), vae.parameters_registered(False):
-        q = vae.posterior(x, y)
+        guide_trace = prune_subsample_sites(poutine.trace(vae.guide).get_trace(x, y))
+        model_trace = prune_subsample_sites(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, y))
+    closed = closed_form_sites(model_trace, guide_trace)
+    sampled = []
+    for name, guide_site in latent_sites(guide_trace):
         try:
-            kl_divergence(q, vae.prior_distribution().expand(q.batch_shape))
+            if name not in closed:
+                raise NotImplementedError
+            kl_divergence(guide_site["fn"], model_trace.nodes[name]["fn"])
         except NotImplementedError:
-            return (f"train.objective = mean_field: KL(q(z|x) || p(z)) has no closed form for the {vae.family.name} guide "
-                    f"and the {vae.prior.name} prior, so that term is a Monte Carlo estimate, as with train.objective = elbo")
-    return None
+            sampled.append(name)
+    if not sampled:
+        return None
+    if sampled == ["z"] and len(vae.latent_sites) == 1:
+        return (f"train.objective = mean_field: KL(q(z|x) || p(z)) has no closed form for the {vae.family.name} guide "
+                f"and the {vae.prior.name} prior, so that term is a Monte Carlo estimate, as with train.objective = elbo")
+    return (f"train.objective = mean_field: the KL terms of site(s) {', '.join(sampled)} have no closed form here (a layer below "
+            "the top is conditioned on the layer above, which the guide draws from it; or the family and prior have no formula), "
+            "so they are Monte Carlo estimates, as with train.objective = elbo")
 
 
 # the objectives that can sum out an enumerated site (the semi-supervised model's unknown label)

@@ -37,6 +37,7 @@ def build_vae(cfg, input_dim, num_classes):
         num_classes=num_classes if m.conditional else None,
         guide=m.guide,
         classifier=vars(m.classifier).copy() if cfg.data.labelled else None,
+        layers=m.layers,
     )
 
 

@@ -19,11 +19,13 @@ What is charged (float32, 4 bytes an element):
 
 import math
 import os
+from types import SimpleNamespace
 
 import torch
 
 from .errors import UserError
 from .guides import GUIDES, FullRank, InverseAutoregressiveFlow
+from .layers import LAYERS, layer_key
 from .likelihoods import LIKELIHOODS
 from .priors import PRIORS, GaussianMixture, VampPrior
 
@@ -69,6 +71,25 @@ def _part(registry, spec, key):
     return cls, {**registry.parameters(cls), **params}
 
 
+def _family_terms(spec, latent, key):
+    """``(extra encoder outputs, parameter terms, widest tensors)`` of a posterior family ``spec``
+    (config key ``key``) over a layer of ``latent`` dimensions."""
+    guide, guide_params = _part(GUIDES, spec, key)
+    extra, params, widest = Factor(0, None), [], []
+    if issubclass(guide, FullRank):
+        extra = Factor(latent * (latent - 1) // 2, latent.key)
+        widest.append(term(latent, latent))  # the Cholesky factor of each row
+    elif issubclass(guide, InverseAutoregressiveFlow):
+        flows = Factor(guide_params["flows"], f"{key}.flows")
+        context = Factor(guide_params["context"], f"{key}.context")
+        hidden = [Factor(h, f"{key}.hidden") for h in guide_params["hidden"]]
+        extra = context
+        widths = [Factor(latent + context, latent.key if latent > context else context.key), *hidden, Factor(2 * latent, latent.key)]
+        params += [term(flows, a, b) for a, b in zip(widths[:-1], widths[1:])]
+        widest += [(int(h), h.key) for h in hidden]
+    return extra, params, widest
+
+
 def training_terms(cfg, input_dim, num_classes, rows):
     """``(parameter terms, activation terms)`` of a training step on ``rows`` data rows, each a
     list of ``(elements, key)``."""
@@ -79,24 +100,10 @@ def training_terms(cfg, input_dim, num_classes, rows):
     batch = Factor(min(t.batch_size, rows), "train.batch_size")
     # a semi-supervised step runs the networks once per class (the unknown label is enumerated)
     particles = Factor(t.num_particles * (num_classes if cfg.data.labelled and num_classes else 1), "train.num_particles")
-    guide, guide_params = _part(GUIDES, m.guide, "model.guide")
     prior, prior_params = _part(PRIORS, m.prior, "model.prior")
     _, likelihood_params = _part(LIKELIHOODS, m.likelihood, "model.likelihood")
 
-    extra = Factor(0, None)
-    params, widest = [], []
-    if issubclass(guide, FullRank):
-        extra = Factor(m.latent_dim * (m.latent_dim - 1) // 2, "model.latent_dim")
-        widest.append(term(latent, latent))  # the Cholesky factor of each row
-    elif issubclass(guide, InverseAutoregressiveFlow):
-        flows = Factor(guide_params["flows"], "model.guide.flows")
-        context = Factor(guide_params["context"], "model.guide.context")
-        hidden = [Factor(h, "model.guide.hidden") for h in guide_params["hidden"]]
-        extra = context
-        widths = [Factor(m.latent_dim + context, "model.latent_dim" if m.latent_dim > context else "model.guide.context"), *hidden,
-                  Factor(2 * m.latent_dim, "model.latent_dim")]
-        params += [term(flows, a, b) for a, b in zip(widths[:-1], widths[1:])]
-        widest += [(int(h), h.key) for h in hidden]
+    extra, params, widest = _family_terms(m.guide, latent, "model.guide")
     encoder_out = Factor(2 * m.latent_dim + extra, "model.latent_dim" if m.latent_dim >= extra else extra.key)
     terms, wide = _net_terms(m.encoder, "model.encoder", Factor(input_dim + classes, None), encoder_out, input_dim)
     params += terms
@@ -104,6 +111,19 @@ def training_terms(cfg, input_dim, num_classes, rows):
     terms, wide = _net_terms(m.decoder, "model.decoder", Factor(m.latent_dim + classes, "model.latent_dim"), data, input_dim)
     params += terms
     widest.append(wide)
+    below = latent
+    for index, spec in enumerate(m.layers):  # each layer above z: its two MLPs and its family
+        key = f"model.layers[{index}]"
+        _, layer_params = _part(LAYERS, spec, layer_key(index))
+        top = Factor(layer_params["latent_dim"], f"{key}.latent_dim")
+        layer_extra, layer_terms, layer_widest = _family_terms(layer_params["guide"], top, f"{key}.guide")
+        mlp = SimpleNamespace(type="mlp", hidden=layer_params["hidden"])
+        up, wide_up = _net_terms(mlp, key, Factor(below + classes, below.key), Factor(2 * top + layer_extra, top.key), input_dim)
+        down, wide_down = _net_terms(mlp, key, Factor(top + classes, top.key), Factor(2 * below, below.key), input_dim)
+        params += layer_terms + up + down
+        widest += layer_widest + [wide_up, wide_down]
+        below = top
+    latent = below  # the prior is on the top layer
 
     activations = []
     if issubclass(prior, (GaussianMixture, VampPrior)):
@@ -111,10 +131,10 @@ def training_terms(cfg, input_dim, num_classes, rows):
         # each datum's log-density under every component
         activations.append(term(batch, particles, components, latent))
         if issubclass(prior, GaussianMixture):
-            params.append(term(components, Factor(2 * m.latent_dim + 1, "model.latent_dim")))
-        else:  # the pseudo-inputs, pushed through the encoder at every step
+            params.append(term(components, Factor(2 * latent + 1, latent.key)))
+        else:  # the pseudo-inputs, pushed through the encoder (and the layers above z) at every step
             params.append(term(components, data))
-            activations += [term(components, Factor(w, k)) for w, k in widest[:-1]]
+            activations += [term(components, Factor(w, k)) for w, k in widest]
     if likelihood_params.get("scale") == "learned":  # a location-scale likelihood's per-pixel log-scale
         params.append(term(data))
     activations += [term(batch, particles, Factor(w, k)) for w, k in widest]
