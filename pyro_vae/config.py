@@ -20,10 +20,10 @@ from . import noise, sizes, tracking
 from .errors import UserError
 from .files import read_user_file
 from .guides import GUIDES
-from .layers import LAYERS, layer_key, layer_spec, site_name
+from .layers import LAYERS, layer_key, layer_spec
 from .likelihoods import LIKELIHOODS
 from .networks import ACTIVATIONS, INIT_BIASES, NETWORK_TYPES
-from .objectives import ENUMERATION_OBJECTIVES, check_independent_sites, make_objective
+from .objectives import ENUMERATION_OBJECTIVES, make_objective
 from .objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from .priors import PRIORS
 from .registry import as_float32
@@ -278,8 +278,6 @@ def validate(cfg):
     if isinstance(t.objective, str):
         _choice("train.objective", t.objective, OBJECTIVE_REGISTRY.names())
     objective = make_objective(t.objective, t.num_particles)  # its parameters' checks (bounds against num_particles, ...)
-    if cfg.model.layers and getattr(objective, "stops_parameters", False):
-        check_independent_sites(["z", *(site_name(i + 2) for i in range(len(cfg.model.layers)))], objective.name)
     _choice("train.device", t.device, DEVICES)
     _choice("train.compile", t.compile, COMPILE_MODES)
     _choice("train.nan_policy", t.nan_policy, NAN_POLICIES)

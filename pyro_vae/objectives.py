@@ -38,9 +38,10 @@ from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
-from pyro.infer.util import torch_item
+from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites
+from pyro.util import check_model_guide_match
 from torch.distributions import kl_divergence
 
 from .errors import UserError
@@ -60,16 +61,60 @@ def site_log_prob(site):
 
 
 def stopped_parameters(site):
-    r""":math:`\log q_{\bar\phi}(z)`: the site's log-density re-evaluated at its value with the
-    distribution's parameters detached, so that its gradient reaches the parameters only through z."""
-    return scale_and_mask(rebuilt(site["fn"], site["name"]).log_prob(site["value"]), site["scale"], site["mask"])
+    r""":math:`\log q_{\bar\phi}(z)`: the site's log-density at its value with its gradient reaching the
+    parameters only through z. For a site of a guide with one latent site, its distribution
+    re-evaluated with its parameters detached; in a guide with several (:func:`rescored_traces`),
+    :math:`\log q_\phi(z)` at live samples minus its score channel, :func:`stopped_value` (the same
+    number, whose gradient is the score alone)."""
+    if "score_site" not in site:
+        return scale_and_mask(rebuilt(site["fn"], site["name"]).log_prob(site["value"]), site["scale"], site["mask"])
+    live = scale_and_mask(rebuilt(site["fn"], site["name"], detach=False).log_prob(site["value"]), site["scale"], site["mask"])
+    score = stopped_value(site)
+    return live - score + score.detach()
 
 
 def stopped_value(site):
-    r""":math:`\log q_\phi(\bar z)`: the site's log-density at its detached value, whose gradient is the
-    score channel alone (for a flow this inverts it: its cached intermediates are z's, not the
+    r""":math:`\log q_\phi(\bar z)`: the site's log-density at its detached value (and, in a guide with
+    several latent sites, given the detached values of the others), whose gradient is the score
+    channel alone (for a flow this inverts it: its cached intermediates are z's, not the
     detached value's)."""
+    site = site.get("score_site", site)
     return scale_and_mask(rebuilt(site["fn"], site["name"], detach=False).log_prob(site["value"].detach()), site["scale"], site["mask"])
+
+
+def rescored_traces(model, guide, guide_trace, args, kwargs):
+    r"""The (model, guide) traces a stopped-parameter estimator reduces, for a guide with several
+    latent sites, where a site's distribution is a function of the samples of the sites below it
+    (a hierarchy's :math:`q(z_2 | z_1)`): detaching its parameters would cut the path through
+    :math:`z_1` too, and a gradient hook on :math:`z_1`'s sample would scale the path through
+    :math:`z_2` a second time.
+
+    So the loss reads the samples through fresh autograd nodes :math:`z'` (views of them: the
+    hooks of :func:`scale_latent_gradients` sit there, at the one boundary between the loss and
+    the guide's sampling graph): the guide is replayed at :math:`z'` (its distributions built from
+    the fresh nodes, parameters live) and the model replayed against that; a second replay at the
+    detached samples gives each site's score channel alone (``"score_site"``). Their difference is
+    :math:`\log q_{\bar\phi}(z)` as a function of z."""
+    fresh = {name: site["value"].view_as(site["value"]) for name, site in latent_sites(prune_subsample_sites(guide_trace))}
+    live = poutine.trace(poutine.replay(guide, trace=_with_values(guide_trace, fresh))).get_trace(*args, **kwargs)
+    detached = {name: value.detach() for name, value in fresh.items()}
+    fixed = poutine.trace(poutine.replay(guide, trace=_with_values(guide_trace, detached))).get_trace(*args, **kwargs)
+    model_trace = poutine.trace(poutine.replay(model, trace=live)).get_trace(*args, **kwargs)
+    live, fixed, model_trace = (prune_subsample_sites(t) for t in (live, fixed, model_trace))
+    model_trace.compute_log_prob()
+    live.compute_log_prob()
+    for name in fresh:
+        live.nodes[name]["score_site"] = fixed.nodes[name]
+    return model_trace, live
+
+
+def _with_values(trace, values):
+    """A copy of ``trace`` whose sites ``values`` names hold those values instead (for replay)."""
+    copy = poutine.Trace()
+    for name, site in trace.nodes.items():
+        if site["type"] == "sample":
+            copy.add_node(name, **{**site, "value": values.get(name, site["value"])})
+    return copy
 
 
 def log_weights(model_trace, guide_trace, guide_log_prob=site_log_prob):
@@ -181,27 +226,14 @@ def check_reparameterized(guide_trace, objective):
             )
 
 
-def check_independent_sites(names, objective):
-    """Refuse a stopped-parameter estimator on a guide with several latent sites: a site drawn given
-    another (z2 ~ q(z2 | z)) has distribution parameters that are functions of that site's sample,
-    and detaching them would cut the path through it along with the score channel."""
-    if len(names) > 1:
-        raise UserError(
-            f"train.objective = {objective} re-scores the guide with its parameters detached, which is exact only for a guide whose "
-            f"one latent site depends on x alone; this guide has the sites {', '.join(names)} (a hierarchy: each drawn given the one below); "
-            "use train.objective = iwae, miwae, ciwae, elbo or mean_field"
-        )
-
-
 class Objective(ELBO):
     """A bound over ``num_particles`` vectorized samples per datum and its gradient estimator, as
     one tensor-only reduction :meth:`reduce` of the traces. The keyword-only arguments of a
     subclass's ``__init__`` are its config parameters (``{type = name, param = value}``).
 
-    ``stops_parameters``: the estimator re-scores the guide with its distributions' parameters
-    detached (:func:`stopped_parameters`), which drops the score channel exactly only where each
-    latent site's distribution is a function of x and the parameters alone; a guide with several
-    latent sites (a hierarchy's z2 drawn given z) is refused (:func:`check_independent_sites`)."""
+    ``stops_parameters``: the estimator re-scores the guide with its gradient reaching the
+    parameters only through the samples (:func:`stopped_parameters`); a guide with several latent
+    sites is then replayed to do so (:func:`rescored_traces`)."""
 
     name = "objective"
     stops_parameters = False
@@ -210,7 +242,21 @@ class Objective(ELBO):
         super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting, vectorize_particles=True)
 
     def _get_trace(self, model, guide, args, kwargs):
-        return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+        if not self.stops_parameters:
+            return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
+        # Pyro's get_importance_trace, with the model replayed against the re-scored guide where
+        # the guide has several latent sites (the guide runs once either way: its noise is drawn once)
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        if len(latent_sites(prune_subsample_sites(guide_trace))) > 1:
+            model_trace, guide_trace = rescored_traces(model, guide, guide_trace, args, kwargs)
+        else:
+            model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+            model_trace, guide_trace = prune_subsample_sites(model_trace), prune_subsample_sites(guide_trace)
+            model_trace.compute_log_prob()
+            guide_trace.compute_log_prob()
+        if is_validation_enabled():
+            check_model_guide_match(model_trace, guide_trace, self.max_plate_nesting)
+        return model_trace, guide_trace
 
     def reduce(self, model_trace, guide_trace):
         """The loss (negative bound, summed over the data plate) of one vectorized (model, guide)
@@ -220,8 +266,6 @@ class Objective(ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, kwargs)
         check_reparameterized(guide_trace, self.name)
-        if self.stops_parameters:
-            check_independent_sites([name for name, _ in latent_sites(guide_trace)], self.name)
         return self.reduce(model_trace, guide_trace)
 
     def loss(self, model, guide, *args, **kwargs):

@@ -14,10 +14,11 @@ from helpers import small_config
 from pyro_vae import VAE, UserError, config
 from pyro_vae.explore import encode_run, explore_run
 from pyro_vae.layers import GaussianLayer
-from pyro_vae.marginal import estimate_log_px
+from pyro_vae.marginal import estimate_log_px, estimate_log_px_summed
 from pyro_vae.networks import MLPEncoder
 from pyro_vae.objectives import make_objective, monte_carlo_kl_note
 from pyro_vae.run import fit_tensors, train_run
+from test_objectives import assert_same_expectation, gradients
 from test_step import ESTIMATORS, LIKELIHOODS, OBJECTIVES, PRIORS, assert_same_step
 
 TWO_LAYERS = [{"latent_dim": 2, "hidden": [8]}]
@@ -184,8 +185,7 @@ def test_mean_field_takes_the_closed_form_kl_only_at_the_top_and_stays_unbiased(
     assert abs(estimates.mean() - exact) < 4 * estimates.std() / math.sqrt(len(estimates)), (estimates.mean(), exact)
 
 
-@pytest.mark.parametrize("objective, particles", OBJECTIVES + [e for e in ESTIMATORS if e[0] not in ("stl", "dreg")
-                                                               and not (isinstance(e[0], dict) and e[0]["type"] == "piwae")], ids=str)
+@pytest.mark.parametrize("objective, particles", OBJECTIVES + ESTIMATORS, ids=str)
 @pytest.mark.parametrize("prior", [PRIORS[0], PRIORS[3]], ids=str)
 def test_the_traced_two_layer_step_equals_eager_for_every_objective(prior, objective, particles):
     torch.manual_seed(0)
@@ -196,14 +196,41 @@ def test_the_traced_two_layer_step_equals_eager_for_every_objective(prior, objec
     assert_same_step(vae, objective, particles, torch.rand(10, 12, dtype=torch.float64), kl_weight=0.5)
 
 
-@pytest.mark.parametrize("objective", ["stl", "dreg", {"type": "piwae", "bounds": 2}], ids=str)
-def test_the_stopped_parameter_estimators_refuse_a_hierarchy_in_one_line(objective):
-    vae = two_layer_vae()
-    with pytest.raises(UserError, match="this guide has the sites z, z2"):
-        make_objective(objective, 4).differentiable_loss(vae.model, vae.guide, torch.rand(5, 12).bernoulli())
-    with pytest.raises(UserError, match="re-scores the guide with its parameters detached"):
-        name = objective if isinstance(objective, str) else '{type="piwae", bounds=2}'
-        config.load(None, [f"train.objective={name}", "train.num_particles=4", "model.layers=[{latent_dim=2}]"])
+def guide_gradients(vae, objective, x, seed):
+    """The gradient of every guide-side parameter (the encoder and each layer's q network), flat."""
+    _, grads = gradients(vae, objective, x, seed)
+    return torch.cat([g.reshape(-1) for name, g in grads.items() if name.startswith("encoder") or ".up." in name])
+
+
+@pytest.mark.parametrize("objective", ["stl", "dreg"])
+def test_stl_and_dreg_give_a_two_layer_exact_posterior_no_guide_gradient(objective):
+    # q(z, z2 | x) is the posterior: log w = log p(x) at every (z, z2), so the path through both
+    # samples is zero. It is only zero if log q(z2 | z) keeps its dependence on z and the path
+    # through z2 is weighted once: detaching q(z2 | z)'s parameters would leave d/dz of it out
+    model = LinearGaussian()
+    vae = model.vae()
+    torch.manual_seed(5)
+    x = model.marginal().sample((6,))
+    path_only = guide_gradients(vae, make_objective(objective, 4), x, seed=1)
+    standard = guide_gradients(vae, make_objective("elbo" if objective == "stl" else "iwae", 4), x, seed=1)
+    assert standard.abs().max() > 0.1  # the score channel: noise of mean zero
+    assert path_only.abs().max() < 1e-9, path_only.abs().max()
+
+
+def test_dreg_on_two_layers_gives_the_model_iwaes_gradient_and_the_guide_its_expectation():
+    torch.manual_seed(0)
+    vae = two_layer_vae().double()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.normal_(0, 0.3)
+    x = torch.rand(8, 12, dtype=torch.float64).bernoulli()
+    _, iwae = gradients(vae, make_objective("iwae", 5), x, seed=3)
+    _, dreg = gradients(vae, make_objective("dreg", 5), x, seed=3)
+    for name in iwae:
+        if name.startswith("decoder") or ".down." in name:
+            assert torch.allclose(dreg[name], iwae[name], rtol=1e-12, atol=1e-14), name
+    draws = {name: torch.stack([guide_gradients(vae, make_objective(name, 5), x, seed) for seed in range(400)]) for name in ("iwae", "dreg")}
+    assert_same_expectation(draws["dreg"], draws["iwae"])
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=str)
@@ -229,6 +256,20 @@ def test_a_conditional_two_layer_model_with_warm_up_and_the_semi_supervised_one_
     z = torch.randn(4, 3)
     onehot = vae.onehot(torch.tensor([0, 0, 0, 0])), vae.onehot(torch.tensor([1, 1, 1, 1]))
     assert not torch.equal(vae.layers[0].posterior(z, onehot[0]).mean, vae.layers[0].posterior(z, onehot[1]).mean)
+
+
+def test_a_semi_supervised_two_layer_model_enumerates_its_label_through_every_layer():
+    torch.manual_seed(0)
+    x = torch.rand(40, 12).bernoulli()
+    y = torch.full((40,), -1)
+    y[:6] = torch.arange(6) % 3
+    vae = VAE(12, 3, encoder={"hidden": [8]}, decoder={"hidden": [8]}, num_classes=3, classifier={"hidden": [8]}, layers=TWO_LAYERS)
+    state = fit_tensors(vae, x[:30], y[:30], x_test=x[30:], y_test=torch.arange(10) % 3,
+                        overrides=["train.batch_size=10", "train.epochs=2", "train.objective=elbo"], progress=False)
+    assert all(math.isfinite(h["test_elbo"]) for h in state.history)
+    # log p(x) sums p(x, y) over the classes, each estimated with every layer's weights
+    result = estimate_log_px_summed(vae, x[30:], num_samples=4)
+    assert torch.isfinite(result.log_px).all()
 
 
 def test_a_two_layer_run_resumes_bitwise_and_its_tools_see_every_layer(data_dir, tmp_path):
