@@ -175,14 +175,14 @@ def stack_kl_per_dim(vae, split, num_samples=KL_SAMPLES, seed=0, batch_size=200)
             draws = []
             for level in range(len(vae.latent_sites)):
                 if level:
-                    layer = vae.stack[level - 1]
+                    layer = vae.layers[level - 1]
                     encoded, family = layer.encoded(parent, y_onehot), layer.family
                 z = family(encoded).sample((num_samples,) if parent is None else ())
                 draws.append((z, dist.Normal(*family.moments(encoded))))
                 parent = z
             for level, (site, (z, q)) in enumerate(zip(vae.latent_sites, draws)):
                 if level + 1 < len(draws):
-                    log_p = vae.stack[level].conditional(draws[level + 1][0], y_onehot).base_dist.log_prob(z)
+                    log_p = vae.layers[level].conditional(draws[level + 1][0], y_onehot).base_dist.log_prob(z)
                 else:
                     log_p = log_marginal(z)
                 sums[site].append(q.log_prob(z) - log_p)  # (S, B, D)
@@ -326,6 +326,7 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     for name, draw in figures.items():
         draw(out / name)
     bottom = layers[0]
+    families = [vae.family, *(layer.family for layer in vae.layers)]
     summary = {
         "n": len(test),
         "latent_dim": vae.latent_dim,
@@ -336,7 +337,8 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
         "posterior_mean_variance": bottom["posterior_mean_variance"].tolist(),
         "kl_per_dim": bottom["kl_per_dim"].tolist(),
         "kl_method": method,
-        "posterior_marginals": "exact" if getattr(vae.family, "gaussian_marginals", False) and len(layers) == 1 else "gaussian_approximation",
+        # per layer: q's marginal for one layer, its conditional given the layer below for a stack
+        "posterior_marginals": "exact" if all(getattr(f, "gaussian_marginals", False) for f in families) else "gaussian_approximation",
         "kl_total": float(sum(layer["kl_per_dim"].sum() for layer in layers)),
         "dimensions_drawn": drawn,
         "figures": sorted(figures),

@@ -103,10 +103,7 @@ class VAE(nn.Module):
         self.family = guide_cls(latent_dim, **guide_params)
         self.encoder = build_encoder(encoder, input_dim, latent_dim, n_cls, self.family.extra_outputs)
         self.decoder = build_decoder(decoder, latent_dim, input_dim, n_cls)
-        # only registered when there is a stack: a one-layer VAE's state_dict keeps exactly its keys
-        if layers:
-            self.layers = build_layers(layers, latent_dim, n_cls)
-        self.stack = tuple(self.layers) if layers else ()
+        self.layers = build_layers(layers, latent_dim, n_cls)  # empty for one layer: no state_dict keys
         if classifier is not None:
             if not num_classes:
                 raise UserError("a semi-supervised VAE (a classifier q(y|x)) needs num_classes: labels to learn from")
@@ -115,7 +112,7 @@ class VAE(nn.Module):
         self.semi_supervised = classifier is not None
         self.pending_data_init = self._init_bias(decoder) == "data"
         prior_cls, prior_params = PRIORS.resolve(prior, "model.prior")
-        self.top_dim = self.stack[-1].latent_dim if self.stack else latent_dim
+        self.top_dim = self.layers[-1].latent_dim if self.layers else latent_dim
         self.prior = prior_cls(self.top_dim, input_dim, num_classes, **prior_params)
         likelihood_cls, likelihood_params = LIKELIHOODS.resolve(likelihood, "model.likelihood")
         self.likelihood = likelihood_cls(input_dim, **likelihood_params)
@@ -206,8 +203,8 @@ class VAE(nn.Module):
                 y = pyro.sample("y", self.label_prior(x), obs=None if y is None else y.clamp(min=0), obs_mask=known)
             y_onehot = self.onehot(y)
             z = pyro.sample(self.top_site, self.prior_distribution())
-            for level in range(len(self.stack), 0, -1):  # top-down, to the bottom layer's "z"
-                z = pyro.sample(site_name(level), self.stack[level - 1].conditional(z, y_onehot))
+            for level in range(len(self.layers), 0, -1):  # top-down, to the bottom layer's "z"
+                z = pyro.sample(site_name(level), self.layers[level - 1].conditional(z, y_onehot))
             out = call_net(self.decoder, z, y_onehot)
             pyro.sample("x", self.likelihood(out), obs=x)
 
@@ -218,13 +215,13 @@ class VAE(nn.Module):
                 y = self._guide_label(x, y)
             y_onehot = self.onehot(y)
             z = pyro.sample("z", self.posterior(x, y))
-            for level, layer in enumerate(self.stack, start=2):  # bottom-up
+            for level, layer in enumerate(self.layers, start=2):  # bottom-up
                 z = pyro.sample(site_name(level), layer.posterior(z, y_onehot))
 
     @property
     def latent_sites(self):
         """The latent sites of z, bottom-up: ``["z"]`` for one layer, ``["z", "z2", ...]`` for a stack."""
-        return [site_name(level) for level in range(1, len(self.stack) + 2)]
+        return [site_name(level) for level in range(1, len(self.layers) + 2)]
 
     @property
     def top_site(self):
@@ -283,7 +280,7 @@ class VAE(nn.Module):
         if z is None:
             z = self.prior_distribution().sample((n,))
         y_onehot = self.onehot(y)
-        for layer in reversed(self.stack):
+        for layer in reversed(self.layers):
             below = layer.conditional(z, y_onehot)
             z = below.mean if means_below else below.sample()
         return self.likelihood.mean(call_net(self.decoder, z, y_onehot))
@@ -292,13 +289,13 @@ class VAE(nn.Module):
         """p(z) on the top layer as a Pyro distribution with event shape (top_dim,) (a VampPrior's
         depends on the encoder, which is why the prior is handed it: for a stack, the bottom-up
         encoder through every layer, :meth:`_top_encoder`)."""
-        return self.prior(self._top_encoder if self.stack else self.encoder)
+        return self.prior(self._top_encoder if self.layers else self.encoder)
 
     def _top_encoder(self, x, y_onehot=None):
         """What the top layer's family is built from, for ``x``: each layer below at the location of
         the Gaussian at the heart of its family (the mean, for the diagonal and full-rank families)."""
         encoded = call_net(self.encoder, x, y_onehot)
-        for layer in self.stack:
+        for layer in self.layers:
             encoded = layer.encoded(encoded[0], y_onehot)
         return encoded
 
@@ -328,7 +325,7 @@ class VAE(nn.Module):
         bottom layer's exactly as :meth:`encode`, the ones above from ``MOMENT_SAMPLES`` draws of the
         layers below them (the same draws on every call: the global RNG is left as it was)."""
         layers = {"z": self.encode(x, y)}
-        if not self.stack:
+        if not self.layers:
             return layers
         was_training = self.training
         self.eval()
@@ -337,7 +334,7 @@ class VAE(nn.Module):
                 torch.manual_seed(0)
                 y_onehot = self.onehot(y)
                 z = self.posterior(x, y).sample((MOMENT_SAMPLES,))
-                for level, layer in enumerate(self.stack, start=2):
+                for level, layer in enumerate(self.layers, start=2):
                     z = layer.posterior(z, y_onehot).sample()
                     layers[site_name(level)] = (z.mean(0), z.std(0))
         finally:

@@ -317,3 +317,35 @@ def test_a_one_layer_config_reads_and_writes_as_before():
     assert "layers" not in cfg.to_toml()
     two = config.load(None, ["model.layers=[{latent_dim=4}]"])
     assert config.loads(two.to_toml()).model.layers == [{"type": "gaussian", "latent_dim": 4}]
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["model.layers=[{latent_dim=50, hidden=[100, 100]}]", "model.latent_dim=100"],
+    ['model.layers=[{latent_dim=6, hidden=[32], guide="full_rank"}, {latent_dim=3, hidden=[16], guide={type="iaf", hidden=[8], context=4}}]',
+     "model.prior=vamp", "model.conditional=true"],
+], ids=["one layer", "Burda's two", "three, every family"])
+def test_the_memory_check_counts_every_layers_parameters(overrides):
+    from pyro_vae import sizes
+    from pyro_vae.runfolder import build_vae
+
+    cfg = config.load(None, overrides)
+    counted = sum(n for n, _ in sizes.training_terms(cfg, 784, 10, 100)[0])
+    built = sum(p.numel() for p in build_vae(cfg, 784, 10).parameters())
+    assert abs(counted - built) <= 0.01 * built, (counted, built)
+
+
+def test_predictive_and_generate_see_every_layer():
+    from pyro.infer import Predictive
+
+    vae = two_layer_vae()
+    x = torch.rand(5, 12).bernoulli()
+    draws = Predictive(vae.model, guide=vae.guide, num_samples=3, return_sites=["z", "z2", "x"])(x)
+    assert draws["z"].shape == (3, 5, 3) and draws["z2"].shape == (3, 5, 2) and draws["x"].shape == (3, 5, 12)
+    torch.manual_seed(0)
+    images = vae.sample(4)
+    torch.manual_seed(0)
+    top = vae.prior_distribution().sample((4,))
+    # the same top-layer draw, then p(z | z2) drawn: the images are means of x given that z
+    assert torch.equal(images, vae.sample(4, z=top))
+    assert not torch.equal(vae.sample(4, z=top, means_below=True), vae.sample(4, z=top))
