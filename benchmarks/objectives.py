@@ -33,7 +33,7 @@ from commands import pyro_vae, read_csv
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "examples" / "configs"
 ONE_LAYER, TWO_LAYERS = "mnist_iwae.toml", "mnist_vae_2layer.toml"
-ROWS = {  # name: (objective, k, the row it is paired with, config)
+ROWS = {  # name: (objective, k, the row it is paired with, config[, more --set overrides])
     "iwae_k5": ("iwae", 5, None, ONE_LAYER),
     "dreg_k5": ("dreg", 5, "iwae_k5", ONE_LAYER),
     "iwae_k50": ("iwae", 50, None, ONE_LAYER),
@@ -44,6 +44,7 @@ ROWS = {  # name: (objective, k, the row it is paired with, config)
     "vae_1layer": ("mean_field", 1, None, ONE_LAYER),
     "vae_2layer": ("mean_field", 1, "vae_1layer", TWO_LAYERS),
     "iwae_k5_2layer": ("iwae", 5, "iwae_k5", TWO_LAYERS),
+    "iwae_k5_2layer_warmup": ("iwae", 5, "iwae_k5", TWO_LAYERS, ("train.kl_warmup_epochs=5",)),
 }
 
 
@@ -52,11 +53,11 @@ def last_json(stdout):
 
 
 def train(name, run, epochs):
-    objective, k, _, config = ROWS[name]
+    objective, k, _, config, *more = ROWS[name]
     done = len(read_csv(run / "metrics.csv"))
     if done >= epochs:
         return
-    sets = [f"train.objective={objective}", f"train.num_particles={k}", f"train.epochs={epochs}"]
+    sets = [f"train.objective={objective}", f"train.num_particles={k}", f"train.epochs={epochs}", *(more[0] if more else ())]
     pyro_vae("train", "--config", str(CONFIGS / config), *[a for s in sets for a in ("--set", s)], *(["--resume"] if done else []),
              "--no-progress", "--out", str(run))
 
@@ -108,7 +109,7 @@ def main():
         head += [f"encoder SNR, IWAE gradient ({args.snr_draws} draws)", "encoder SNR, DReG gradient"]
     print("| " + " | ".join(head) + " |\n|" + " --- |" * len(head), flush=True)
     for name in names:
-        objective, k, baseline, config = ROWS[name]
+        objective, k, baseline, config, *_ = ROWS[name]
         run = Path(args.out) / name
         train(name, run, args.epochs)
         summary = last_json(pyro_vae("evaluate", str(run), "--num-samples", str(args.num_samples), "--limit", str(args.limit), "--json"))

@@ -31,10 +31,10 @@ import math
 
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.distributions.transforms.utils import clamp_preserve_gradients
 from pyro.distributions.util import scale_and_mask
-from pyro import poutine
 from pyro.infer import TraceEnum_ELBO
 from pyro.infer.elbo import ELBO
 from pyro.infer.enum import get_importance_trace
@@ -245,7 +245,7 @@ class Objective(ELBO):
         if not self.stops_parameters:
             return get_importance_trace("flat", self.max_plate_nesting, model, guide, args, kwargs)
         # Pyro's get_importance_trace, with the model replayed against the re-scored guide where
-        # the guide has several latent sites (the guide runs once either way: its noise is drawn once)
+        # the guide has several latent sites (its noise is drawn once: the replays take its samples)
         guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
         if len(latent_sites(prune_subsample_sites(guide_trace))) > 1:
             model_trace, guide_trace = rescored_traces(model, guide, guide_trace, args, kwargs)
