@@ -11,7 +11,9 @@ inductor keys its cache by the graph after dynamo and AOT autograd have run, too
 whether compiling pays. So beside it the step keeps one small file per traced graph, named by a
 hash of the graph's code, its inputs' shapes and types, torch's version and the compile settings:
 it exists once that graph has been compiled here (the cache is warm for it) and holds the seconds
-its last warm compile took, the next warm compile's estimate.
+its last warm compile took, the next warm compile's estimate. A cold compile's estimate is the
+graph's size times the seconds per node of this machine's last cold compile (``cold.json``), or
+of the development machine's before there was one here.
 """
 
 import hashlib
@@ -29,10 +31,10 @@ from .files import atomic_write_text
 ENV = "TORCHINDUCTOR_CACHE_DIR"
 DEFAULT = DEFAULT_ROOT / "compile"
 # seconds per node of the traced step graph that a compile takes, cold (an empty cache) and warm,
-# measured on the development machine (2 CPU cores: the IWAE-paper VAE's step at batch 100, 228
-# nodes, compiled cold in about 11 s, warm in about 2.5 s; on one H200 7.6 s and 2.7 s): an
-# estimate for graphs this machine has not compiled yet
-SECONDS_PER_NODE = {("cpu", False): 0.05, ("cpu", True): 0.011, ("cuda", False): 0.035, ("cuda", True): 0.012}
+# measured on the development machine (2 shared CPU cores: the IWAE-paper VAE's step at batch
+# 100, 237 nodes, compiled cold in 13.4 s, warm in 2.1 s; on one H200, torch 2.11, 7.6 s and
+# 2.7 s): the estimate until this machine has measured its own
+SECONDS_PER_NODE = {("cpu", False): 0.05, ("cpu", True): 0.01, ("cuda", False): 0.035, ("cuda", True): 0.012}
 
 
 def location(env):
@@ -60,34 +62,45 @@ def fingerprint(graph_module, inputs, settings):
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def _marker(key, env):
-    return location(env) / "pyro_vae" / f"{key}.json"
+def _marker(name, env):
+    return location(env) / "pyro_vae" / f"{name}.json"
+
+
+def _read(marker, field):
+    try:
+        return json.loads(marker.read_text()).get(field)
+    except (OSError, ValueError):  # absent, or unreadable: the estimate falls back to the model
+        return None
+
+
+def _write(marker, fields):
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(marker, json.dumps(fields))
+    except OSError:  # a cache folder that cannot be written costs only the estimate
+        pass
 
 
 def estimate(key, nodes, device_type, env=os.environ):
     """``(seconds, warm)``: what compiling the graph ``key`` of ``nodes`` nodes will take on
-    ``device_type``, and whether the cache holds it: its last warm compile's seconds where one
-    was measured, else the per-node figure of :data:`SECONDS_PER_NODE`."""
+    ``device_type``, and whether the cache holds it. Warm: the graph's last warm compile's
+    seconds where one was measured; cold: this machine's last cold compile's seconds per node;
+    else :data:`SECONDS_PER_NODE`."""
     marker = _marker(key, env)
     warm = marker.is_file()
-    recorded = None
-    if warm:
-        try:
-            recorded = json.loads(marker.read_text()).get("warm_seconds")
-        except (OSError, ValueError):  # a marker torn by another process's write: the model instead
-            pass
-    return (recorded if recorded is not None else nodes * SECONDS_PER_NODE[device_type, warm]), warm
+    recorded = _read(marker, "warm_seconds") if warm else _read(_marker(f"cold-{device_type}", env), "seconds_per_node")
+    if warm and recorded is not None:
+        return recorded, True
+    return nodes * (recorded or SECONDS_PER_NODE[device_type, warm]), warm
 
 
-def record(key, seconds, warm, env=os.environ):
-    """Note that the graph ``key`` is compiled in the cache now, and, when this compile found it
-    there (``warm``), how long that took. A cache folder that cannot be written costs only the estimate."""
-    marker = _marker(key, env)
-    try:
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(marker, json.dumps({"warm_seconds": seconds if warm else None}))
-    except OSError:
-        pass
+def record(key, nodes, seconds, warm, device_type, env=os.environ):
+    """Note that the graph ``key`` (of ``nodes`` nodes) is in the cache now, compiled in
+    ``seconds`` on ``device_type``: a warm compile's time for the next, a cold one's per node
+    for the next cold estimate."""
+    _write(_marker(key, env), {"warm_seconds": seconds if warm else None})
+    if not warm:
+        _write(_marker(f"cold-{device_type}", env), {"seconds_per_node": seconds / nodes})
 
 
 def hits():

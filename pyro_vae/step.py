@@ -344,7 +344,7 @@ class Step:
         cache = ""
         if self.backend is not None:
             warm = compile_cache.hits() > hits
-            compile_cache.record(graph.key, seconds, warm)
+            compile_cache.record(graph.key, graph.nodes, seconds, warm, inputs[2].device.type)
             cache = f" (compile cache {'warm' if warm else 'cold'}, {self.cache})"
         self.log(f"compiled the training step for batches of shape {tuple(inputs[2].shape)} in {graph.seconds:.1f} s{cache}")
         return result

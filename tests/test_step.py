@@ -302,12 +302,13 @@ def test_the_compile_cache_lives_beside_the_downloaded_mnist_unless_torchs_varia
 
 def test_the_compile_estimate_is_cold_until_the_graph_is_compiled_then_the_last_warm_compiles_seconds(tmp_path):
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
-    key = "0123abcd"
-    seconds, warm = compile_cache.estimate(key, 200, "cpu", env)
+    seconds, warm = compile_cache.estimate("graph", 200, "cpu", env)
     assert not warm and seconds == pytest.approx(200 * compile_cache.SECONDS_PER_NODE["cpu", False])
-    compile_cache.record(key, 9.0, warm=False, env=env)  # a cold compile: the next one is warm, its time not yet known
-    seconds, warm = compile_cache.estimate(key, 200, "cpu", env)
+    compile_cache.record("graph", 200, 8.0, warm=False, device_type="cpu", env=env)  # the next compile is warm, its time not yet known
+    seconds, warm = compile_cache.estimate("graph", 200, "cpu", env)
     assert warm and seconds == pytest.approx(200 * compile_cache.SECONDS_PER_NODE["cpu", True])
-    compile_cache.record(key, 1.7, warm=True, env=env)
-    assert compile_cache.estimate(key, 200, "cpu", env) == (1.7, True)
-    assert compile_cache.estimate("another", 200, "cpu", env)[1] is False
+    compile_cache.record("graph", 200, 1.7, warm=True, device_type="cpu", env=env)
+    assert compile_cache.estimate("graph", 200, "cpu", env) == (1.7, True)
+    # another graph, cold: at this machine's measured 8 s / 200 nodes
+    assert compile_cache.estimate("another", 300, "cpu", env) == (pytest.approx(12.0), False)
+    assert compile_cache.estimate("another", 300, "cuda", env) == (pytest.approx(300 * compile_cache.SECONDS_PER_NODE["cuda", False]), False)
