@@ -9,7 +9,7 @@ Eager, the step is Pyro's own ``objective.differentiable_loss`` under :class:`no
 and :class:`objectives.LatentScale`. Every call re-runs Pyro's effect handlers in Python, and
 Pyro's ``Trace_ELBO`` family reads every site's log-density back with ``.item()``.
 
-Compiled, the model and guide are traced once per input shape into one graph of tensor
+Compiled, the model and guide are traced once (one graph per run, see below) into a graph of tensor
 operations: the gradient and value (``torch.func.grad_and_value``) of
 the objective's ``differentiable_loss`` (its one tensor-only reduction of the traces,
 :meth:`objectives.Objective.reduce`, the same call as eager) with the parameters swapped in by
