@@ -56,9 +56,10 @@ from .objectives import LatentScale
 # frames in these folders are the machinery; the first frame outside them is the user's code
 _LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro, contextlib)) + (str(Path(__file__).parent),)
 
-# a compiled step's time as a fraction of the eager step's, measured at batch 100 (benchmarks/
-# train_step.py): on the 2-core CPU 0.65 (inductor's fused kernels against Pyro's Python), on an
-# H200 0.3 (one CUDA graph launch against a launch per kernel)
+# a compiled step's time as a fraction of the eager step's at batch 100: on the shared 2-core CPU
+# the steps measured 0.62 to 0.81 and docs/benchmarks.md's epochs 0.70 (inductor's fused kernels
+# against Pyro's Python and torch's per-op dispatch); on an H200 the epochs 0.26 (one CUDA graph
+# launch against a launch per kernel)
 COMPILED_STEP_RATIO = {"cpu": 0.65, "cuda": 0.3}
 TIMED_STEPS = 5  # eager steps timed before ``auto`` decides; the fastest of them is the estimate
 # inductor's dry compile of a test program per instruction set (about 8 s on a cold cache, of a
@@ -184,7 +185,7 @@ class Step:
                 return self._eager_step(binary, y, step_noise, kl_weight)
             loss = self._timed_eager_step(binary, y, step_noise, kl_weight)
             if len(self.timings) == min(TIMED_STEPS, self.steps):
-                self._decide(x, uniforms, y, step_noise)
+                self._decide(x, uniforms, y)
             return loss
 
     def _eager_step(self, x, y, step_noise, kl_weight):
@@ -204,7 +205,7 @@ class Step:
         self.timings.append(time.perf_counter() - started)
         return loss
 
-    def _decide(self, x, uniforms, y, step_noise):
+    def _decide(self, x, uniforms, y):
         """``auto``, after the timed eager steps: compile from the next step on, or stay eager,
         by :func:`compile_pays`, in one log line (every process decides alike from the same numbers)."""
         timings, self.timings = self.timings, None
@@ -221,7 +222,7 @@ class Step:
         pays = compile_pays(steps_left, seconds, saving)
         cache = "warm" if warm == 1 else "cold"
         self.log(f"train.compile = auto: {'compiling the training step' if pays else 'training eager'}: the {steps_left} steps left "
-                 f"would save about {steps_left * saving:.1f} s compiled ({saving * 1e3:.2f} ms a step of {fastest * 1e3:.2f}), "
+                 f"would save about {steps_left * saving:.1f} s compiled ({saving * 1e3:.2f} ms of each {fastest * 1e3:.2f} ms eager step), "
                  f"{'more' if pays else 'less'} than compiling costs (about {seconds:.1f} s, compile cache {cache})")
         if not pays:
             self.graphs.clear()
