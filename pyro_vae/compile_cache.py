@@ -19,10 +19,10 @@ of the development machine's before there was one here.
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 from torch.utils._pytree import tree_leaves
 
 from .data import DEFAULT_ROOT
@@ -42,7 +42,10 @@ def location(env):
     :data:`DEFAULT`. torch writes its temporary default into the variable itself once it has
     looked it up (importing inductor does), so that value counts as unset."""
     chosen = env.get(ENV)
-    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+    # importing inductor takes seconds, which a run that ends up eager should not pay: until it
+    # is imported, torch has written nothing into the variable
+    utils = sys.modules.get("torch._inductor.runtime.cache_dir_utils")
+    if chosen and (utils is None or os.path.abspath(chosen) != os.path.abspath(utils.default_cache_dir())):
         return Path(chosen)
     return DEFAULT
 

@@ -108,12 +108,13 @@ class _Graph:
     returns (gradients by parameter name, loss); ``draws`` are the noise shapes it takes, in order,
     for this process's rows."""
 
-    fn: object
+    fn: object  # the traced graph, under torch.compile from its first call
     draws: list
     cuda_graph: bool  # replayed as a CUDA graph, whose outputs the next replay overwrites
     seconds: float  # spent tracing and compiling; inductor compiles on the first call
     nodes: int  # in the traced graph: what the compile's cost is estimated from
     key: str  # compile_cache.fingerprint of the graph
+    settings: dict  # torch.compile's mode or options, applied at the first call
     checked: bool = False  # whether a first call went through (it may still fail to compile)
 
 
@@ -315,19 +316,18 @@ class Step:
             traced = make_fx(torch.func.grad_and_value(loss), tracing_mode="fake")(*inputs)
         except Exception as e:  # noqa: BLE001 - any failure to trace means "run eager" under auto
             raise NotTraceable(_why_not_traceable(e)) from e
-        fn, cuda_graph = traced, self.backend is not None and x.device.type == "cuda"
-        settings = {}
-        if self.backend is not None:
-            settings = {"mode": "reduce-overhead"} if cuda_graph else {"options": CPU_OPTIONS} if self.backend == "inductor" and x.device.type == "cpu" else {}
-            fn = torch.compile(traced, backend=self.backend, dynamic=False, fullgraph=True, **settings)
-        self.graphs[key] = graph = _Graph(fn, probe.draws, cuda_graph, time.perf_counter() - started, len(traced.graph.nodes),
-                                          compile_cache.fingerprint(traced, inputs, (self.backend, settings)))
+        cuda_graph = self.backend is not None and x.device.type == "cuda"
+        settings = {"mode": "reduce-overhead"} if cuda_graph else {"options": CPU_OPTIONS} if self.backend == "inductor" and x.device.type == "cpu" else {}
+        self.graphs[key] = graph = _Graph(traced, probe.draws, cuda_graph, time.perf_counter() - started, len(traced.graph.nodes),
+                                          compile_cache.fingerprint(traced, inputs, (self.backend, settings)), settings)
         self.compilations += 1
         return graph
 
     def _first_call(self, graph, inputs):
         started, hits = time.perf_counter(), compile_cache.hits()
         try:
+            if self.backend is not None:  # only now: torch.compile's first use imports dynamo (seconds), which auto may never need
+                graph.fn = torch.compile(graph.fn, backend=self.backend, dynamic=False, fullgraph=True, **graph.settings)
             # a CUDA build of torch on a machine without CUDA logs where it looked for it while
             # inductor compiles for the CPU: nothing a user can act on
             # (and inductor's lowering of torch.diagonal, which the full-rank guide uses, warns
