@@ -1,16 +1,25 @@
-"""What the benchmark scripts share: `pyro-vae` run as a user runs it, and the CSV files it writes."""
+"""What the benchmark scripts share: commands run as a user runs them, timed, and the CSV files `pyro-vae` writes."""
 
 import csv
 import subprocess
 import sys
+import time
+
+
+def run(command, env=None):
+    """``command`` in a new process: (its wall seconds, its ``CompletedProcess``), or the script
+    stops with its stderr."""
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    return seconds, done
 
 
 def pyro_vae(*argv):
     """``pyro-vae *argv`` in a new process; its stdout, or the script stops with its stderr."""
-    done = subprocess.run([sys.executable, "-m", "pyro_vae", *argv], capture_output=True, text=True)
-    if done.returncode:
-        sys.exit(f"pyro-vae {' '.join(argv)} failed:\n{done.stderr}")
-    return done.stdout
+    return run([sys.executable, "-m", "pyro_vae", *argv])[1].stdout
 
 
 def read_csv(path):

@@ -184,8 +184,11 @@ def fit(vae, ds, cfg, *, state=None, optimizer=None, on_epoch=None, progress=Tru
     t = cfg.train
     state = state or TrainState()
     optimizer = optimizer or make_optimizer(vae.parameters(), t)
+    steps = (t.epochs - state.epoch) * math.ceil(len(ds.train) / t.batch_size)
+    if t.max_steps:
+        steps = max(0, min(steps, t.max_steps - state.step))
     step = Step(vae, make_training_objective(vae, t), dynamic_binarization=cfg.data.binarize == "dynamic",
-                compile=t.compile, world=world)
+                compile=t.compile, world=world, steps=steps, batch_size=min(t.batch_size, len(ds.train)))
     report = progress and world.is_main
     if vae.semi_supervised and t.objective == "mean_field" and report:
         step.log("train.objective = mean_field: with the label enumerated, Pyro's TraceEnum_ELBO estimates KL(q(z|x,y) || p(z)) "

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from helpers import small_config
-from pyro_vae import VAE, UserError, config, noise
+from pyro_vae import VAE, UserError, compile_cache, config, noise
+from pyro_vae.data import DEFAULT_ROOT
 from pyro_vae.data import load_dataset
+from pyro_vae.objectives import OBJECTIVES as OBJECTIVE_REGISTRY
 from pyro_vae.objectives import make_objective
-from pyro_vae.run import build_vae, train_run
-from pyro_vae.step import Step
+from pyro_vae.run import build_vae, fit_tensors, train_run
+from pyro_vae.step import TIMED_STEPS, Step, compile_pays
 from pyro_vae.train import EpochLosses, fit
 
 PRIORS = ["normal", "learned_normal", {"type": "mixture", "components": 3}, {"type": "vamp", "components": 4}]
@@ -119,13 +121,80 @@ def test_compiled_and_eager_draw_the_same_numbers_from_the_step_noise():
         eager_after = after
 
 
-def test_one_graph_per_shape_so_a_short_final_batch_compiles_once():
+def test_one_graph_per_run_a_short_final_batch_is_padded_into_the_full_batchs_graph():
     vae, x = tiny_vae(), torch.rand(10, 12)
-    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="on", backend=None)
+    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="on", backend=None, batch_size=10)
     for epoch in range(3):
         for batch in (x, x[:7]):
             step(batch, None, step_noise(batch, epoch))
-    assert step.compilations == 2 and step.compiled
+    assert step.compilations == 1 and step.compiled
+    # without the run's batch size there is nothing to pad to: a graph per shape
+    unpadded = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="on", backend=None)
+    for batch in (x, x[:7]):
+        unpadded(batch, None, step_noise(batch, 0))
+    assert unpadded.compilations == 2
+
+
+def objective_spec(name):
+    """Every registered objective with the parameters its test here uses."""
+    return next((spec, k) for spec, k in OBJECTIVES + ESTIMATORS if (spec if isinstance(spec, str) else spec["type"]) == name)
+
+
+@pytest.mark.parametrize("name", OBJECTIVE_REGISTRY.names())
+def test_a_padded_short_batch_has_the_short_batchs_loss_gradients_and_noise(name):
+    # the padded rows are masked out of every site (poutine.mask), so the importance-weighted
+    # bounds' logsumexp, the re-scored guide densities and the gradient hooks see only real rows;
+    # the noise is the short batch's, drawn for its 7 rows: the generator ends where eager's does
+    objective, particles = objective_spec(name)
+    torch.manual_seed(0)
+    vae = tiny_vae({"type": "vamp", "components": 4}, guide=GUIDES[1], num_classes=4).double()
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.normal_(0, 0.3)
+    x, y = torch.rand(7, 12, dtype=torch.float64), torch.arange(7) % 4
+    results = {}
+    for compile, batch_size in (("off", None), ("on", 10)):
+        step = Step(vae, make_objective(objective, particles), dynamic_binarization=True, compile=compile, backend=None, batch_size=batch_size)
+        drawn = step_noise(x, 3)
+        loss = step(x, y, drawn, kl_weight=0.5)
+        results[compile] = loss, {n: p.grad.clone() for n, p in vae.named_parameters()}, drawn.generator.get_state()
+    (eager, eager_grads, eager_state), (padded, grads, state) = results["off"], results["on"]
+    assert step.compiled and [g.draws[0][0][-2] for g in step.graphs.values()] == [10]  # the graph's rows: the padded batch
+    assert torch.equal(state, eager_state)
+    assert padded.item() == pytest.approx(eager.item(), rel=1e-10)
+    for n, grad in grads.items():
+        assert torch.allclose(grad, eager_grads[n], rtol=1e-8, atol=1e-12), n
+
+
+def test_compiling_pays_where_the_steps_left_save_more_than_the_compile_costs():
+    # MNIST's default 10 epochs: 6000 steps saving 2 ms each pay for a 10 s compile, not for a 14 s one
+    assert compile_pays(6000, compile_seconds=10.0, saving_per_step=2e-3)
+    assert not compile_pays(6000, compile_seconds=14.0, saving_per_step=2e-3)
+    # a small user dataset, 900 steps: not even a warm 2.5 s compile pays
+    assert not compile_pays(900, compile_seconds=2.5, saving_per_step=2e-3)
+    assert not compile_pays(0, compile_seconds=0.1, saving_per_step=1.0)
+
+
+def test_auto_trains_a_short_job_eager_and_says_why_in_one_line(capsys):
+    # 45 training images in batches of 10: 5 steps, all of them timed, none left to save on
+    torch.manual_seed(0)
+    fit_tensors(tiny_vae(), (torch.rand(50, 12) < 0.5).float(), overrides=["train.batch_size=10", "train.epochs=1"], progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "train.compile" in line]
+    assert len(lines) == 1 and "train.compile = auto: training eager: the 0 steps left" in lines[0], lines
+    assert "less than compiling costs" in lines[0] and ("compile cache cold" in lines[0] or "compile cache warm" in lines[0])
+
+
+def test_auto_compiles_a_long_job_after_timing_its_first_eager_steps():
+    vae, x = tiny_vae(), torch.rand(10, 12)
+    lines = []
+    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", backend=None, log=lines.append, steps=10**9)
+    for i in range(TIMED_STEPS):
+        step(x, None, step_noise(x, i))
+        assert step.compilations == (i == TIMED_STEPS - 1)  # traced for the decision after the last timed step
+    assert step.compiled and len(lines) == 1 and "compiling the training step" in lines[0] and "more than compiling costs" in lines[0]
+    loss = step(x, None, step_noise(x, TIMED_STEPS))
+    eager, _, _ = loss_and_grads(vae, "elbo", 1, "off", x, batch=TIMED_STEPS)
+    assert loss.item() == pytest.approx(eager.item(), rel=1e-5) and step.compilations == 1
 
 
 class BranchesOnValues(torch.nn.Module):
@@ -196,8 +265,8 @@ COMPILED = ["data.limit=250", "data.test_limit=100", "model.latent_dim=4", "mode
 def test_a_compiled_run_compiles_once_per_shape_resumes_exactly_and_tracks_eager(data_dir, tmp_path, capsys):
     cfg = small_config(data_dir, *COMPILED)
     straight, _ = train_run(cfg, tmp_path / "straight", progress=False)
-    # 250 images in batches of 100: shapes (100, 784) and (50, 784), over two epochs
-    assert capsys.readouterr().err.count("compiled the training step") == 2
+    # 250 images in batches of 100, over two epochs: one graph, the final 50 padded to 100
+    assert capsys.readouterr().err.count("compiled the training step for batches of shape (100, 784)") == 1
     train_run(small_config(data_dir, *COMPILED, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, _ = train_run(cfg, tmp_path / "resumed", resume=True, progress=False)
     for name, tensor in straight.state_dict().items():
@@ -218,3 +287,28 @@ def test_a_compiled_run_stops_at_the_first_non_finite_loss(data_dir):
 
     with pytest.raises(UserError, match=r"the loss became nan at step 4 \(epoch 2\)"):
         fit(vae, ds, cfg, on_epoch=poison, progress=False)
+
+
+def test_the_compile_cache_lives_beside_the_downloaded_mnist_unless_torchs_variable_names_another(tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    assert compile_cache.location({}) == DEFAULT_ROOT / "compile"
+    # torch writes its temporary default into the variable once it has looked it up: not a choice
+    assert compile_cache.location({"TORCHINDUCTOR_CACHE_DIR": default_cache_dir()}) == DEFAULT_ROOT / "compile"
+    assert compile_cache.location({"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}) == tmp_path
+    env = {}
+    assert compile_cache.use(env) == DEFAULT_ROOT / "compile" and env == {"TORCHINDUCTOR_CACHE_DIR": str(DEFAULT_ROOT / "compile")}
+
+
+def test_the_compile_estimate_is_cold_until_the_graph_is_compiled_then_the_last_warm_compiles_seconds(tmp_path):
+    env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path)}
+    seconds, warm = compile_cache.estimate("graph", 200, "cpu", env)
+    assert not warm and seconds == pytest.approx(200 * compile_cache.SECONDS_PER_NODE["cpu", False])
+    compile_cache.record("graph", 200, 8.0, warm=False, device_type="cpu", env=env)  # the next compile is warm, its time not yet known
+    seconds, warm = compile_cache.estimate("graph", 200, "cpu", env)
+    assert warm and seconds == pytest.approx(200 * compile_cache.SECONDS_PER_NODE["cpu", True])
+    compile_cache.record("graph", 200, 1.7, warm=True, device_type="cpu", env=env)
+    assert compile_cache.estimate("graph", 200, "cpu", env) == (1.7, True)
+    # another graph, cold: at this machine's measured 8 s / 200 nodes
+    assert compile_cache.estimate("another", 300, "cpu", env) == (pytest.approx(12.0), False)
+    assert compile_cache.estimate("another", 300, "cuda", env) == (pytest.approx(300 * compile_cache.SECONDS_PER_NODE["cuda", False]), False)
