@@ -101,8 +101,9 @@ def rescored_traces(model, guide, guide_trace, args, kwargs):
     fixed = poutine.trace(poutine.replay(guide, trace=_with_values(guide_trace, detached))).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=live)).get_trace(*args, **kwargs)
     live, fixed, model_trace = (prune_subsample_sites(t) for t in (live, fixed, model_trace))
+    # the guide's own log_prob of a replayed flow would invert it in Python (Pyro's loop over its
+    # permutation): its sites are scored by stopped_parameters / stopped_value alone
     model_trace.compute_log_prob()
-    live.compute_log_prob()
     for name in fresh:
         live.nodes[name]["score_site"] = fixed.nodes[name]
     return model_trace, live
@@ -125,7 +126,8 @@ def log_weights(model_trace, guide_trace, guide_log_prob=site_log_prob):
     scores the guide's sites (:func:`stopped_parameters` for the estimators without the score channel).
     """
     model_trace.compute_log_prob()
-    guide_trace.compute_log_prob()
+    if guide_log_prob is site_log_prob:
+        guide_trace.compute_log_prob()
     total = 0.0
     for site in model_trace.nodes.values():
         if site["type"] == "sample":

@@ -25,9 +25,9 @@ ESTIMATORS = [("stl", 3), ("dreg", 4), ({"type": "miwae", "bounds": 2}, 4), ({"t
 GUIDES = ["full_rank", {"type": "iaf", "flows": 2, "hidden": [8], "context": 4}]
 
 
-def tiny_vae(prior="normal", likelihood="bernoulli", num_classes=None, encoder=None, guide="diagonal"):
+def tiny_vae(prior="normal", likelihood="bernoulli", num_classes=None, encoder=None, guide="diagonal", layers=()):
     return VAE(12, 3, prior=prior, likelihood=likelihood, encoder=encoder or {"hidden": [8]}, decoder={"hidden": [8]},
-               num_classes=num_classes, guide=guide)
+               num_classes=num_classes, guide=guide, layers=layers)
 
 
 def step_noise(x, step):
@@ -140,14 +140,16 @@ def objective_spec(name):
     return next((spec, k) for spec, k in OBJECTIVES + ESTIMATORS if (spec if isinstance(spec, str) else spec["type"]) == name)
 
 
+@pytest.mark.parametrize("layers", [(), [{"latent_dim": 2, "hidden": [8]}]], ids=["one layer", "two layers"])
 @pytest.mark.parametrize("name", OBJECTIVE_REGISTRY.names())
-def test_a_padded_short_batch_has_the_short_batchs_loss_gradients_and_noise(name):
+def test_a_padded_short_batch_has_the_short_batchs_loss_gradients_and_noise(name, layers):
     # the padded rows are masked out of every site (poutine.mask), so the importance-weighted
     # bounds' logsumexp, the re-scored guide densities and the gradient hooks see only real rows;
     # the noise is the short batch's, drawn for its 7 rows: the generator ends where eager's does
+    # (two layers: the stopped-parameter estimators' replayed guide is masked alike)
     objective, particles = objective_spec(name)
     torch.manual_seed(0)
-    vae = tiny_vae({"type": "vamp", "components": 4}, guide=GUIDES[1], num_classes=4).double()
+    vae = tiny_vae({"type": "vamp", "components": 4}, guide=GUIDES[1], num_classes=4, layers=layers).double()
     with torch.no_grad():
         for p in vae.parameters():
             p.normal_(0, 0.3)
