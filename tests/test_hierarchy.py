@@ -289,8 +289,12 @@ def test_a_two_layer_run_resumes_bitwise_and_its_tools_see_every_layer(data_dir,
     assert [layer["latent_dim"] for layer in summary["layers"]] == [8, 4]
     assert summary["active_units"] == sum(layer["active_units"] for layer in summary["layers"])
     assert summary["active_units_by_layer"] == "+".join(str(layer["active_units"]) for layer in summary["layers"])
-    # the per-dimension terms of the layers add up to the whole KL(q(z, z2 | x) || p(z, z2))
     assert np.isfinite(summary["kl_total"])
+    from pyro_vae.generate import generate_run
+
+    generate_run(tmp_path / "straight", tmp_path / "drawn.npz", n=6)  # z2 ~ p(z2), z ~ p(z | z2), E[x | z]
+    drawn = np.load(tmp_path / "drawn.npz")
+    assert drawn["images"].shape == (6, 1, 28, 28) and np.isfinite(drawn["images"]).all()
 
 
 @pytest.mark.parametrize("layers, expected", [
