@@ -294,7 +294,7 @@ def test_a_two_layer_run_resumes_bitwise_and_its_tools_see_every_layer(data_dir,
 
     generate_run(tmp_path / "straight", tmp_path / "drawn.npz", n=6)  # z2 ~ p(z2), z ~ p(z | z2), E[x | z]
     drawn = np.load(tmp_path / "drawn.npz")
-    assert drawn["images"].shape == (6, 1, 28, 28) and np.isfinite(drawn["images"]).all()
+    assert drawn["images"].shape == (6, 28, 28) and np.isfinite(drawn["images"]).all()
 
 
 @pytest.mark.parametrize("layers, expected", [
