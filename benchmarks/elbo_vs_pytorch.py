@@ -34,7 +34,7 @@ from torch import nn
 
 from pyro_vae import config as config_lib
 from pyro_vae.data import load_dataset
-from pyro_vae.explore import active_units, encode_split
+from pyro_vae.explore import active_units, encode_layers_split
 from pyro_vae.distributed import resolve_device
 from pyro_vae.run import load_run, train_run
 from pyro_vae.train import elbo_per_datum
@@ -110,14 +110,14 @@ def train_pyro_vae(overrides, epochs, device, seed):
     with tempfile.TemporaryDirectory() as run:
         vae, _ = train_run(cfg, Path(run) / "run", progress=False)
     test = load_dataset(cfg).test.to(vae.device)
-    return elbo_per_datum(vae, test, 1000), active_units(encode_split(vae, test)[0])[0]
+    return elbo_per_datum(vae, test, 1000), active_units(encode_layers_split(vae, test)["z"][0])[0]
 
 
 def score_run(run_dir, device):
     """``(test ELBO, active units)`` of a finished ``pyro-vae train`` run folder."""
     cfg, vae, _ = load_run(run_dir, device)
     test = load_dataset(cfg).test.to(device)
-    return elbo_per_datum(vae, test, 1000), active_units(encode_split(vae, test)[0])[0]
+    return elbo_per_datum(vae, test, 1000), active_units(encode_layers_split(vae, test)["z"][0])[0]
 
 
 def compare(args, device):

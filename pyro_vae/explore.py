@@ -56,12 +56,6 @@ def batches(split, batch_size):
     return (split[i : i + batch_size] for i in range(0, len(split), batch_size))
 
 
-def encode_split(vae, split, batch_size=1000):
-    """``(loc, scale)`` (N, latent_dim) of q(z|x[, y]) for every datum of ``split``."""
-    parts = [vae.encode(batch.x, batch.y) for batch in batches(split, batch_size)]
-    return torch.cat([loc for loc, _ in parts]), torch.cat([scale for _, scale in parts])
-
-
 def encode_layers_split(vae, split, batch_size=200):
     """``{site: (mean, std)}``, (N, dim) each, of every layer's marginal under q for every datum
     of ``split``, bottom-up (:meth:`VAE.encode_layers`)."""

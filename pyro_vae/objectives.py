@@ -302,46 +302,45 @@ class ReparamELBO(Objective):
 class MeanFieldELBO(Objective):
     r"""The ELBO with the closed-form KL between the guide's and the model's latent site where one
     is registered (the diagonal and full-rank guides against the normal and learned_normal
-    priors) and may be used (:func:`closed_form_sites`), as Pyro's ``TraceMeanField_ELBO`` does,
+    priors) and may be used (:func:`closed_form_kls`), as Pyro's ``TraceMeanField_ELBO`` does,
     and the Monte Carlo term otherwise (flows, mixture and VampPrior, the lower layers of a stack):
     :math:`\frac1K\sum_k \log p(x|z_k) - \mathrm{KL}(q(z|x)\,\|\,p(z))`."""
 
     def reduce(self, model_trace, guide_trace):
         elbo = 0.0
-        closed = closed_form_sites(model_trace, guide_trace)
+        kls = closed_form_kls(model_trace, guide_trace)
         for name, site in model_trace.nodes.items():
             if site["type"] != "sample":
                 continue
             guide_site = guide_trace.nodes.get(name)
-            if name in closed:
-                try:
-                    kl = kl_divergence(guide_site["fn"], site["fn"])
-                except NotImplementedError:
-                    pass
-                else:
-                    elbo = elbo - scale_and_mask(kl, guide_site["scale"], guide_site["mask"]).sum()
-                    continue
+            if name in kls:
+                elbo = elbo - scale_and_mask(kls[name], guide_site["scale"], guide_site["mask"]).sum()
+                continue
             elbo = elbo + site["log_prob_sum"]
             if guide_site is not None and not site["is_observed"]:
                 elbo = elbo - guide_site["log_prob_sum"]
         return -elbo / self.num_particles
 
 
-def closed_form_sites(model_trace, guide_trace):
-    r"""The model's latent sites whose KL term may be taken in closed form: those whose every
-    earlier model latent site the guide also draws earlier. Where the model's p(z | z_2) depends
-    on a z_2 that the guide draws after z, from it (a bottom-up hierarchy), the closed-form
+def closed_form_kls(model_trace, guide_trace):
+    r"""``{site: KL(q || p)}``, the closed-form KL terms of the model's latent sites where one is
+    registered and may be used: at a site whose every earlier model latent site the guide also
+    draws earlier. Where the model's p(z | z_2) depends on a z_2 that the guide draws after z,
+    from it (a bottom-up hierarchy), the closed-form
     :math:`\mathrm{KL}(q(z|x) \,\|\, p(z|z_2))` at the sampled z_2 would average over z as if
     it were independent of z_2, a different quantity; the Monte Carlo term keeps them joint."""
     order = {name: i for i, (name, _) in enumerate(latent_sites(guide_trace))}
-    earlier, closed = [], set()
+    earlier, kls = [], {}
     for name, site in model_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or name not in order:
             continue
         if all(order[e] < order[name] for e in earlier):
-            closed.add(name)
+            try:
+                kls[name] = kl_divergence(guide_trace.nodes[name]["fn"], site["fn"])
+            except NotImplementedError:
+                pass
         earlier.append(name)
-    return closed
+    return kls
 
 
 @OBJECTIVES.register("stl")
@@ -499,15 +498,8 @@ def monte_carlo_kl_note(vae, x, y=None):
     with torch.no_grad(), vae.parameters_registered(False):
         guide_trace = prune_subsample_sites(poutine.trace(vae.guide).get_trace(x, y))
         model_trace = prune_subsample_sites(poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, y))
-    closed = closed_form_sites(model_trace, guide_trace)
-    sampled = []
-    for name, guide_site in latent_sites(guide_trace):
-        try:
-            if name not in closed:
-                raise NotImplementedError
-            kl_divergence(guide_site["fn"], model_trace.nodes[name]["fn"])
-        except NotImplementedError:
-            sampled.append(name)
+    kls = closed_form_kls(model_trace, guide_trace)
+    sampled = [name for name, _ in latent_sites(guide_trace) if name not in kls]
     if not sampled:
         return None
     if sampled == ["z"] and len(vae.latent_sites) == 1:

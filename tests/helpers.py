@@ -5,6 +5,8 @@ import signal
 import sys
 from pathlib import Path
 
+import torch
+
 from pyro_vae import config, register_likelihood
 from pyro_vae.likelihoods import Bernoulli
 
@@ -20,6 +22,15 @@ def snapshot(root, skip=None):
     what a test compares before and after a command that must change nothing else."""
     return {p.relative_to(root): p.read_bytes() if p.is_file() else "folder"
             for p in sorted(root.rglob("*")) if skip is None or (p != skip and skip not in p.parents)}
+
+
+def random_weights(vae, std):
+    """``vae`` with every parameter drawn from N(0, std^2): the encoder's extra outputs and the
+    flows' last layers start at zero, which would leave what a test compares vacuous."""
+    with torch.no_grad():
+        for p in vae.parameters():
+            p.normal_(0, std)
+    return vae
 
 
 def small_config(data_dir, *overrides):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from helpers import small_config
+from helpers import random_weights, small_config
 from pyro_vae import VAE, UserError, config
 from pyro_vae.explore import encode_run, explore_run
 from pyro_vae.layers import GaussianLayer
@@ -59,9 +59,7 @@ def gaussian_log_density(value, loc, scale):
 def test_each_layers_conditional_densities_match_an_independent_computation():
     torch.manual_seed(0)
     vae = two_layer_vae().double()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.normal_(0, 0.5)
+    random_weights(vae, 0.5)
     x = torch.rand(6, 12, dtype=torch.float64).bernoulli()
     model_trace, guide_trace = traces(vae, x)
     model_trace.compute_log_prob()
@@ -190,9 +188,7 @@ def test_mean_field_takes_the_closed_form_kl_only_at_the_top_and_stays_unbiased(
 def test_the_traced_two_layer_step_equals_eager_for_every_objective(prior, objective, particles):
     torch.manual_seed(0)
     vae = two_layer_vae(prior).double()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.normal_(0, 0.3)
+    random_weights(vae, 0.3)
     assert_same_step(vae, objective, particles, torch.rand(10, 12, dtype=torch.float64), kl_weight=0.5)
 
 
@@ -220,9 +216,7 @@ def test_stl_and_dreg_give_a_two_layer_exact_posterior_no_guide_gradient(objecti
 def test_dreg_on_two_layers_gives_the_model_iwaes_gradient_and_the_guide_its_expectation():
     torch.manual_seed(0)
     vae = two_layer_vae().double()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.normal_(0, 0.3)
+    random_weights(vae, 0.3)
     x = torch.rand(8, 12, dtype=torch.float64).bernoulli()
     _, iwae = gradients(vae, make_objective("iwae", 5), x, seed=3)
     _, dreg = gradients(vae, make_objective("dreg", 5), x, seed=3)

@@ -5,7 +5,7 @@ shape; runs compiled resume exactly; models that cannot be traced run eager with
 import pytest
 import torch
 
-from helpers import small_config
+from helpers import random_weights, small_config
 from pyro_vae import VAE, UserError, compile_cache, config, noise
 from pyro_vae.data import DEFAULT_ROOT
 from pyro_vae.data import load_dataset
@@ -88,9 +88,7 @@ def test_the_traced_step_equals_eager_for_every_objective_and_guide_family(guide
     # KL warm-up's weight scales the estimators' re-scored guide densities as it does the others
     torch.manual_seed(0)
     vae = tiny_vae(prior, guide=guide).double()
-    with torch.no_grad():
-        for p in vae.parameters():  # the extra outputs and the flows' last layers start at zero
-            p.normal_(0, 0.3)
+    random_weights(vae, 0.3)
     assert_same_step(vae, objective, particles, torch.rand(10, 12, dtype=torch.float64), kl_weight=0.5)
 
 
@@ -150,9 +148,7 @@ def test_a_padded_short_batch_has_the_short_batchs_loss_gradients_and_noise(name
     objective, particles = objective_spec(name)
     torch.manual_seed(0)
     vae = tiny_vae({"type": "vamp", "components": 4}, guide=GUIDES[1], num_classes=4, layers=layers).double()
-    with torch.no_grad():
-        for p in vae.parameters():
-            p.normal_(0, 0.3)
+    random_weights(vae, 0.3)
     x, y = torch.rand(7, 12, dtype=torch.float64), torch.arange(7) % 4
     results = {}
     for compile, batch_size in (("off", None), ("on", 10)):
