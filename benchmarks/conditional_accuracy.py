@@ -15,14 +15,20 @@ from pathlib import Path
 import torch
 from classifier import DEFAULT_PATH, load_classifier, predict
 
-from pyro_vae.runfolder import load_run
+from pyro_vae.data import pictures
 from pyro_vae.errors import UserError
 from pyro_vae.generate import draw
+from pyro_vae.runfolder import feature_map, load_run
 
 
-def conditional_accuracy(vae, classifier, n=100, seed=0):
-    """``(per-class accuracy (C,), overall accuracy)`` over ``n`` prior draws per class."""
-    images, labels, _ = draw(vae, n, digit="all", seed=seed)
+def conditional_accuracy(run_dir, classifier, n=100, seed=0):
+    """``(per-class accuracy (C,), overall accuracy)`` over ``n`` prior draws per class of the
+    run in ``run_dir`` (a run on ``data.features`` drawn as images through its feature run)."""
+    cfg, vae, payload = load_run(run_dir)
+    if vae.num_classes is None:
+        raise UserError(f"{run_dir} is not a conditional run (train with model.conditional = true)")
+    images, labels, _ = draw(vae.eval(), n, digit="all", seed=seed)
+    images, _ = pictures(images, tuple(payload["image_shape"]), feature_map(cfg))
     hits = (predict(classifier, images.cpu()) == labels).float()
     return hits.reshape(vae.num_classes, n).mean(1), hits.mean().item()
 
@@ -37,12 +43,9 @@ def main(argv=None):
     if not args.classifier.exists():
         sys.exit(f"no classifier at {args.classifier}; train it first with `python benchmarks/classifier.py --out {args.classifier}`")
     try:
-        _, vae, _ = load_run(args.run_dir)
+        per_class, overall = conditional_accuracy(args.run_dir, load_classifier(args.classifier), args.n, args.seed)
     except UserError as e:
         sys.exit(f"error: {e}")
-    if vae.num_classes is None:
-        sys.exit(f"error: {args.run_dir} is not a conditional run (train with model.conditional = true)")
-    per_class, overall = conditional_accuracy(vae.eval(), load_classifier(args.classifier), args.n, args.seed)
     print(f"conditional accuracy of {args.run_dir} ({args.n} prior draws per digit, seed {args.seed})")
     print("digit    " + " ".join(f"{d:>6d}" for d in range(len(per_class))) + "   overall")
     print("accuracy " + " ".join(f"{a:6.1%}" for a in per_class.tolist()) + f"   {overall:.1%}")

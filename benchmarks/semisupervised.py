@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 from pyro_vae import config
-from pyro_vae.data import load_dataset
 from pyro_vae.evaluate import classifier_accuracy
 from pyro_vae.run import load_run, train_run
+from pyro_vae.runfolder import load_dataset
 
 PUBLISHED = {100: ("0.880", "0.932"), 600: ("", "0.944"), 1000: ("", "0.949"), 3000: ("", "0.958")}
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "configs" / "mnist_m2.toml"
@@ -88,8 +88,7 @@ def main(argv=None):
         trained(args.out / "cvae", cvae_cfg)
         print("\nconditional generation (generate --digit all --n 100, seed 0), judged by benchmarks/classifier.py")
         for name, run in ((f"M2, {min(args.labels)} labels", args.out / f"labels{min(args.labels)}_draw0"), ("CVAE, every label", args.out / "cvae")):
-            _, vae, _ = load_run(run)
-            per_class, overall = conditional_accuracy(vae.eval(), judge, 100, 0)
+            per_class, overall = conditional_accuracy(run, judge, 100, 0)
             print(f"{name:20} {overall:.3f}   per digit " + " ".join(f"{a:.2f}" for a in per_class.tolist()))
 
 

@@ -54,6 +54,7 @@ class DecoderConfig(NetworkConfig):
 class DataConfig:
     dir: str = ""  # torchvision root for MNIST; "" -> $PYRO_VAE_DATA, else ~/.cache/pyro_vae
     path: str = ""  # a .npy/.npz of the user's own data instead of MNIST
+    features: str = ""  # a run folder: train on its encoder's posterior means of its data (stacked M1+M2)
     binarize: str = "dynamic"
     limit: int = 0  # use only the first N training images (0: all)
     test_limit: int = 0  # use only the first N test images (0: all)
@@ -253,6 +254,14 @@ def validate(cfg):
     likelihood_cls, likelihood_params = LIKELIHOODS.resolve(cfg.model.likelihood, "model.likelihood")
     guide_cls, guide_params = GUIDES.resolve(cfg.model.guide, "model.guide")
     _at_least("data.labelled", cfg.data.labelled, 0)
+    if cfg.data.features:
+        if cfg.data.path:
+            raise UserError("data.features and data.path both name the data; the feature run's own data are encoded, so leave data.path out")
+        if cfg.data.binarize != "none":
+            raise UserError(f"data.features gives real-valued codes, which data.binarize = {cfg.data.binarize!r} cannot binarize; set data.binarize = \"none\"")
+        if likelihood_cls.support != "real":
+            raise UserError(f"data.features gives real-valued codes, which likelihood {likelihood_cls.name!r} cannot model; "
+                            "use model.likelihood = \"gaussian\" (or \"laplace\")")
     if cfg.data.labelled and not cfg.model.conditional:
         raise UserError(f"data.labelled = {cfg.data.labelled} trains the semi-supervised conditional model; set model.conditional = true, or data.labelled = 0")
     for part in ("encoder", "decoder", "classifier"):

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,13 +69,23 @@ class Dataset:
     test: Split
     image_shape: tuple  # (H, W) for plotting
     num_classes: int | None
+    feature_map: object = None  # data.features: how a datum is shown as an image (features.FeatureMap)
 
     @property
     def input_dim(self):
         return self.train.x.shape[1]
 
     def to(self, device):
-        return Dataset(self.train.to(device), self.test.to(device), self.image_shape, self.num_classes)
+        return Dataset(self.train.to(device), self.test.to(device), self.image_shape, self.num_classes, self.feature_map)
+
+    def pictures(self, x):
+        """``(images, (H, W))``: data rows as images (features through the map that made them)."""
+        return pictures(x, self.image_shape, self.feature_map)
+
+
+def pictures(x, image_shape, feature_map=None):
+    """Rows of data (or of decoder means) as images to draw, with their shape."""
+    return (x, image_shape) if feature_map is None else (feature_map.decode(x), feature_map.image_shape)
 
 
 DEFAULT_ROOT = Path.home() / ".cache" / "pyro_vae"
@@ -211,23 +221,30 @@ def _guess_shape(dim):
     return (side, side) if side * side == dim else (1, dim)
 
 
-def load(cfg_data):
-    ds = load_arrays(cfg_data.path) if cfg_data.path else load_mnist(data_root(cfg_data.dir))
-    return Dataset(ds.train.head(cfg_data.limit), ds.test.head(cfg_data.test_limit), ds.image_shape, ds.num_classes)
+def load(cfg_data, source=None):
+    """The config's data, limited as it says; ``source`` (a Dataset) stands in for its files."""
+    ds = source or (load_arrays(cfg_data.path) if cfg_data.path else load_mnist(data_root(cfg_data.dir)))
+    return Dataset(ds.train.head(cfg_data.limit), ds.test.head(cfg_data.test_limit), ds.image_shape, ds.num_classes, ds.feature_map)
 
 
 def resolved_location(cfg_data):
-    """``(dir, path)`` with the places a config means made absolute: a run records these, so
-    any shell finds the same data whatever its ``PYRO_VAE_DATA``."""
+    """``cfg_data`` with the places it means made absolute: a run records these, so any shell
+    finds the same data whatever its ``PYRO_VAE_DATA``."""
+    if cfg_data.features:
+        return replace(cfg_data, dir="", path="", features=str(Path(cfg_data.features).resolve()))
     if cfg_data.path:
-        return "", str(Path(cfg_data.path).resolve())
-    return str(Path(data_root(cfg_data.dir)).resolve()), ""
+        return replace(cfg_data, dir="", path=str(Path(cfg_data.path).resolve()))
+    return replace(cfg_data, dir=str(Path(data_root(cfg_data.dir)).resolve()), path="")
 
 
 def fingerprint(cfg_data):
-    """SHA-256 of the files the config's data come from (MNIST's four files, or the user's array
-    file): what a run stores to refuse, later, data that changed under it."""
-    files = [Path(cfg_data.path)] if cfg_data.path else mnist_files(data_root(cfg_data.dir))
+    """SHA-256 of the files the config's data come from (MNIST's four files, the user's array
+    file, or the feature run's checkpoint): what a run stores to refuse, later, data that changed
+    under it."""
+    if cfg_data.features:
+        files = [Path(cfg_data.features) / "checkpoint.pt"]
+    else:
+        files = [Path(cfg_data.path)] if cfg_data.path else mnist_files(data_root(cfg_data.dir))
     digest = hashlib.sha256()
     for path in files:
         with open(path, "rb") as f:
@@ -236,10 +253,11 @@ def fingerprint(cfg_data):
     return digest.hexdigest()
 
 
-def load_dataset(cfg):
+def load_dataset(cfg, source=None):
     """The config's data, binarized as configured, on the CPU (callers move what they use); with
-    ``data.labelled`` the training split's labels are held back but for that many."""
-    ds = prepare(load(cfg.data), cfg.data.binarize, cfg.seed)
+    ``data.labelled`` the training split's labels are held back but for that many. ``source``
+    stands in for the files the config names (``runfolder.load_dataset``'s features)."""
+    ds = prepare(load(cfg.data, source), cfg.data.binarize, cfg.seed)
     if cfg.data.labelled and ds.num_classes is None:
         raise UserError(f"data.labelled = {cfg.data.labelled} keeps some labels, but the data have none; give 'y' in the data file, use MNIST, or set data.labelled = 0")
     if cfg.model.conditional and ds.num_classes is None:
@@ -247,7 +265,7 @@ def load_dataset(cfg):
     if cfg.data.labelled:
         train = ds.train
         ds = Dataset(Split(train.x, train.y, choose_labelled(train.y, cfg.data.labelled, ds.num_classes, cfg.seed)),
-                     ds.test, ds.image_shape, ds.num_classes)
+                     ds.test, ds.image_shape, ds.num_classes, ds.feature_map)
     return ds
 
 
@@ -298,7 +316,7 @@ def prepare(ds, binarize, seed):
         raise UserError(f"data.binarize = \"{binarize}\" needs pixels in [0, 1]; rescale the data or set data.binarize = \"none\"")
     train = ds.train if binarize == "dynamic" else Split(binarize_fixed(ds.train.x, seed, "train"), ds.train.y, ds.train.labelled)
     test = Split(binarize_fixed(ds.test.x, seed, "test"), ds.test.y)
-    return Dataset(train, test, ds.image_shape, ds.num_classes)
+    return Dataset(train, test, ds.image_shape, ds.num_classes, ds.feature_map)
 
 
 def fixed_train_split(ds, binarize, seed):

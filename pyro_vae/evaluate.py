@@ -2,7 +2,8 @@
 
 Which quantity: log p(x) for an unconditional run; log p(x | y), y the true test label, for a
 conditional VAE (its labels are inputs); log p(x) with y summed out over the classes for a
-semi-supervised run (its labels are a Pyro site), which also reports its classifier's accuracy.
+semi-supervised run (its labels are a Pyro site), which also reports its classifier's accuracy;
+of the features rather than the images (``log p(features)``) for a run on ``data.features``.
 
 Evaluates on the run's test set, binarized as the run was trained (a dynamically binarized run
 gets the same seeded draw every time, so numbers are reproducible), and writes into the run folder
@@ -55,14 +56,14 @@ def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size
         result = estimate_log_px_summed(vae, test.x, **options)
     else:
         result = estimate_log_px(vae, test.x, test.y, **options)
-    summary = {"quantity": quantity(vae), **result.summary()}
+    summary = {"quantity": quantity(vae, cfg), **result.summary()}
     if vae.semi_supervised:
         summary["accuracy"] = classifier_accuracy(vae, test.x, test.y)
     record = records.new_record(
         "log_px", {"num_samples": num_samples, "limit": limit, "seed": seed},
         records.images(test, limit), payload.get("data_fingerprint"), summary,
         {"log_px": result.log_px.tolist(), "elbo": result.elbo.tolist(), "ess": result.ess.tolist(), "khat": result.khat.tolist()},
-        quantity=quantity(vae))
+        quantity=quantity(vae, cfg))
     stored = records.write(run_dir, records.log_px_name(num_samples, limit, seed), record)
     atomic_write_text(run_dir / "log_px.csv", per_datum_csv(result, test.y))
     plots.diagnostics_figure(run_dir / "diagnostics.png", result.khat, result.ess, result.num_samples, KHAT_TRUST)
@@ -72,11 +73,13 @@ def evaluate_run(run_dir, *, num_samples=5000, limit=0, chunk_size=0, batch_size
     return result
 
 
-def quantity(vae):
-    """What the run's log-likelihood is of (the summary's and the record's ``quantity``)."""
+def quantity(vae, cfg):
+    """What the run's log-likelihood is of (the summary's and the record's ``quantity``): of the
+    feature run's codes, not of images, for ``data.features``."""
+    of = "features" if cfg.data.features else "x"
     if vae.semi_supervised:
-        return "log p(x)"  # the label summed out
-    return "log p(x | y)" if vae.num_classes is not None else "log p(x)"
+        return f"log p({of})"  # the label summed out
+    return f"log p({of} | y)" if vae.num_classes is not None else f"log p({of})"
 
 
 def classifier_accuracy(vae, x, y, batch_size=1000):
@@ -97,9 +100,7 @@ def per_datum_csv(result, labels):
 
 
 def table(s, run_dir, binarize, vae, family, stored):
-    what = {"log p(x | y)": "log p(x | y), y = true test label"}.get(s["quantity"], "log p(x)")
-    if vae.semi_supervised:
-        what = "log p(x), y summed out"
+    what = s["quantity"] + (", y = true test label" if "| y)" in s["quantity"] else ", y summed out" if vae.semi_supervised else "")
     test_set = {"dynamic": "one fixed-seed binarization", "static": "static binarization", "none": "not binarized"}[binarize]
     rows = [
         f"{run_dir}: {s['n']} test data ({test_set}), K = {s['num_samples']} importance samples per datum, proposal q(z|x) (guide family: {family})",

@@ -38,12 +38,13 @@ import torch
 from torch.distributions import kl_divergence
 
 from . import noise, records
+from .data import pictures
+from .features import ACTIVE_THRESHOLD, active_units
 from .errors import UserError
 from .files import atomic_write_bytes
 from .networks import call_net
-from .runfolder import load_split
+from .runfolder import feature_map, load_split
 
-ACTIVE_THRESHOLD = 0.01  # Burda et al. 2015, section 5.2
 KL_SAMPLES = 16  # z draws per datum for a Monte Carlo KL
 KDE_SAMPLES = 2000  # prior draws behind a kernel density estimate of its marginals
 ELEMENTS = 1 << 24  # the largest intermediate tensor a batch may build (64 MiB of floats)
@@ -88,14 +89,6 @@ def encode_run(run_dir, out, split="test", limit=None):
     np.savez(buffer, **arrays)
     atomic_write_bytes(out, buffer.getvalue())
     return arrays
-
-
-# -- how much of the latent space is used ---------------------------------------------------
-def active_units(loc, threshold=ACTIVE_THRESHOLD):
-    """``(count, variances)``: the dimensions whose posterior mean varies across the data by more
-    than ``threshold`` (a dimension the encoder ignores has the same mean for every datum)."""
-    variances = loc.var(dim=0) if len(loc) > 1 else torch.zeros(loc.shape[1])
-    return int((variances > threshold).sum()), variances
 
 
 def marginal_log_density(prior, num_samples=KDE_SAMPLES):
@@ -240,8 +233,12 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     out = run_dir if out is None else Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figures")
-    _, vae, payload, test = load_split(run_dir)
-    image_shape = tuple(payload["image_shape"])
+    cfg, vae, payload, test = load_split(run_dir)
+    fmap = feature_map(cfg)
+    image_shape = fmap.image_shape if fmap else tuple(payload["image_shape"])
+
+    def show(x):  # data rows or decoder means as images (a features run's through its feature run)
+        return pictures(x, image_shape, fmap)[0]
     conditional = vae.num_classes is not None
     torch.manual_seed(seed)
     codes = encode_layers_split(vae, test)
@@ -266,7 +263,7 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
         site = vae.top_site
 
         def decode(z, y):
-            return vae.sample(len(z), y=y, z=z, means_below=True)
+            return show(vae.sample(len(z), y=y, z=z, means_below=True))
 
         figures = {}
         points, axes = project_2d(loc)
@@ -280,7 +277,7 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
         for a, b in pairs:
             path = loc[a] + steps.unsqueeze(1) * (loc[b] - loc[a])
             y = None if not conditional else test.y[a].expand(len(steps))
-            rows.append(torch.cat([test.x[a : a + 1], decode(path, y), test.x[b : b + 1]]))
+            rows.append(torch.cat([show(test.x[a : a + 1]), decode(path, y), show(test.x[b : b + 1])]))
         what = "between two test images of the same label, decoded with that label" if conditional else "between pairs of test images"
         if rows:  # a test set of one image (or no two of a label) has no pair to join
             figures["interpolations.png"] = lambda path: plots.image_grid(

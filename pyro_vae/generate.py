@@ -7,9 +7,10 @@ import pyro
 import torch
 
 from . import noise, sizes
+from .data import pictures
 from .errors import UserError
 from .files import atomic_write_bytes
-from .runfolder import class_row_labels, load_run
+from .runfolder import class_row_labels, feature_map, load_run
 
 
 def labels_for(vae, n, digit, same_style):
@@ -56,9 +57,9 @@ def generate_run(run_dir, out, n=64, digit=None, same_style=False, seed=0):
         raise UserError(f"--out must end in .png (image grid) or .npz (arrays), got {out.name}")
     if not out.parent.is_dir():
         raise UserError(f"folder {out.parent} does not exist; create it or choose another --out")
-    _, vae, payload = load_run(run_dir)
-    image_shape = tuple(payload["image_shape"])
+    cfg, vae, payload = load_run(run_dir)
     images, labels, nrow = draw(vae, n, digit, same_style, seed)
+    images, image_shape = pictures(images, tuple(payload["image_shape"]), feature_map(cfg))
     if out.suffix == ".png":
         from .plots import image_grid  # matplotlib and torchvision: only where a figure is drawn
 

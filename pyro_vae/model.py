@@ -283,7 +283,7 @@ class VAE(nn.Module):
         for layer in reversed(self.layers):
             below = layer.conditional(z, y_onehot)
             z = below.mean if means_below else below.sample()
-        return self.likelihood.mean(call_net(self.decoder, z, y_onehot))
+        return self.decode(z, y)
 
     def prior_distribution(self):
         """p(z) on the top layer as a Pyro distribution with event shape (top_dim,) (a VampPrior's
@@ -344,8 +344,12 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x, y=None):
         """E[x | z = mean of q(z|x)]: the reconstruction through the posterior mean."""
-        loc, _ = self.encode(x, y)
-        return self.likelihood.mean(call_net(self.decoder, loc, self.onehot(y)))
+        return self.decode(self.encode(x, y)[0], y)
+
+    @torch.no_grad()
+    def decode(self, z, y=None):
+        """E[x | z[, y]] at the bottom layer's ``z`` (N, latent_dim)."""
+        return self.likelihood.mean(call_net(self.decoder, z, self.onehot(y)))
 
     @property
     def device(self):

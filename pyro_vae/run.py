@@ -23,7 +23,7 @@ from . import config as config_lib
 from . import data, distributed, sizes, tracking, writer
 from .errors import UserError
 from .files import atomic_write_text
-from .runfolder import build_vae, check_same_data, class_row_labels, load_checkpoint, load_weights, save_checkpoint
+from .runfolder import build_vae, check_same_data, class_row_labels, load_checkpoint, load_dataset, load_weights, save_checkpoint
 # the reader moved to runfolder.py (no training code); its names stay importable from here for users' scripts
 from .runfolder import FORMAT_VERSION, PAYLOAD_KEYS, PAYLOAD_SCHEMA, STATE_FIELDS, check_payload, load_run, load_split  # noqa: F401
 from .train import METRIC_FIELDS, TrainState, fit, make_optimizer
@@ -33,8 +33,7 @@ RUN_FILES = ("config.toml", "checkpoint.pt", "metrics.csv")
 
 def with_resolved_data(cfg):
     """``cfg`` with the data's location made absolute, as the run records it."""
-    data_dir, path = data.resolved_location(cfg.data)
-    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=data_dir, path=path))
+    return dataclasses.replace(cfg, data=data.resolved_location(cfg.data))
 
 
 # -- the folder ----------------------------------------------------------------------------
@@ -61,8 +60,8 @@ def prepare_run_dir(out, cfg, resume, overwrite):
         return with_resolved_data(cfg), None
     payload = load_checkpoint(out / "checkpoint.pt")
     stored = config_lib.loads(payload["config"])
-    if not (cfg.data.dir or cfg.data.path):
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=stored.data.dir, path=stored.data.path))
+    if not (cfg.data.dir or cfg.data.path or cfg.data.features):
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dir=stored.data.dir, path=stored.data.path, features=stored.data.features))
     cfg = with_resolved_data(cfg)
     # how the step runs does not change what it computes: a run may resume compiled or eager
     comparable = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=stored.train.epochs, max_steps=stored.train.max_steps,
@@ -78,12 +77,12 @@ def write_run_figures(out, vae, ds, history):
     from . import plots  # matplotlib and torchvision: only where figures are drawn, not on `import pyro_vae`
 
     labels = vae.labels_per_class(8) if vae.num_classes else None
-    samples = vae.sample(64 if labels is None else len(labels), y=labels)
-    plots.image_grid(out / "samples.png", samples, ds.image_shape, 8, title="samples from the model: E[x | z, y], z ~ p(z)"
+    samples, image_shape = ds.pictures(vae.sample(64 if labels is None else len(labels), y=labels))
+    plots.image_grid(out / "samples.png", samples, image_shape, 8, title="samples from the model: E[x | z, y], z ~ p(z)"
                      if labels is not None else "samples from the model: E[x | z], z ~ p(z)", row_labels=class_row_labels(vae, 8))
     test = ds.test.head(32)
     cols = min(8, len(test))
-    plots.reconstruction_grid(out / "reconstructions.png", test.x, vae.reconstruct(test.x, test.y), ds.image_shape, cols)
+    plots.reconstruction_grid(out / "reconstructions.png", ds.pictures(test.x)[0], ds.pictures(vae.reconstruct(test.x, test.y))[0], image_shape, cols)
     plots.elbo_curves(out / "loss.png", history)
 
 
@@ -106,7 +105,7 @@ def train_run(cfg, out, resume=False, overwrite=False, progress=True, world=None
 
 def _train_into(cfg, out, resume, overwrite, progress, world):
     cfg, payload = prepare_run_dir(out, cfg, resume, overwrite)
-    ds = data.load_dataset(cfg)
+    ds = load_dataset(cfg)
     if payload is None:
         fingerprint = data.fingerprint(cfg.data)
     else:

@@ -17,6 +17,7 @@ import torch
 from . import config as config_lib
 from . import data, sizes, writer
 from .errors import UserError
+from .features import FeatureMap
 from .files import load_tensors, save_tensors
 from .model import VAE
 
@@ -132,12 +133,33 @@ def load_run(run_dir, device="cpu"):
     return cfg, vae.to(device), payload
 
 
+def feature_map(cfg):
+    """For ``data.features``, the map from the feature run's images to this run's data and back
+    (:mod:`pyro_vae.features`; its ``codes`` are the data before this run's limits); else None."""
+    if not cfg.data.features:
+        return None
+    try:
+        feature_cfg, vae, _ = load_run(cfg.data.features)
+    except UserError as e:
+        raise UserError(f"data.features = {cfg.data.features!r}: {e}") from None
+    images = data.load_dataset(dataclasses.replace(feature_cfg, data=dataclasses.replace(feature_cfg.data, labelled=0, limit=0, test_limit=0)))
+    train = data.fixed_train_split(images, feature_cfg.data.binarize, feature_cfg.seed)
+    return FeatureMap(vae, dataclasses.replace(images, train=train), cfg.data.features)
+
+
+def load_dataset(cfg):
+    """The config's data (:func:`data.load_dataset`); for ``data.features``, the feature run's
+    codes of its own images as the run saw them."""
+    fmap = feature_map(cfg)
+    return data.load_dataset(cfg, None if fmap is None else fmap.codes)
+
+
 def check_same_data(run_dir, cfg, payload):
     """Refuse, in one line, data other than those the run was trained on (runs written before
     fingerprints were recorded are taken on trust)."""
     stored = payload.get("data_fingerprint")
     if stored is not None and data.fingerprint(cfg.data) != stored:
-        where = cfg.data.path or cfg.data.dir
+        where = cfg.data.features or cfg.data.path or cfg.data.dir
         raise UserError(f"the data at {where} are not the data {run_dir} was trained on (their fingerprint differs); "
                         "restore the original files, or train a new run on these")
 
@@ -149,9 +171,9 @@ def load_split(run_dir, split="test", limit=0, device="cpu"):
     if split not in ("test", "train"):
         raise UserError(f"--split must be 'test' or 'train', got {split!r}")
     cfg, vae, payload = load_run(run_dir, device)
-    ds = data.load_dataset(cfg)
+    check_same_data(run_dir, cfg, payload)  # first: data that changed explain a mismatch better than its shape
+    ds = load_dataset(cfg)
     data.check_data(vae, ds, cfg.data.binarize)
-    check_same_data(run_dir, cfg, payload)
     chosen = ds.test if split == "test" else data.fixed_train_split(ds, cfg.data.binarize, cfg.seed)
     return cfg, vae, payload, chosen.head(limit).to(device)
 
