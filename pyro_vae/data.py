@@ -223,7 +223,9 @@ def _guess_shape(dim):
 
 def load(cfg_data, source=None):
     """The config's data, limited as it says; ``source`` (a Dataset) stands in for its files."""
-    ds = source or (load_arrays(cfg_data.path) if cfg_data.path else load_mnist(data_root(cfg_data.dir)))
+    ds = source
+    if ds is None:
+        ds = load_arrays(cfg_data.path) if cfg_data.path else load_mnist(data_root(cfg_data.dir))
     return Dataset(ds.train.head(cfg_data.limit), ds.test.head(cfg_data.test_limit), ds.image_shape, ds.num_classes, ds.feature_map)
 
 
