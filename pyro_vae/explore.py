@@ -39,8 +39,8 @@ from torch.distributions import kl_divergence
 
 from . import noise, records
 from .data import pictures
-from .features import ACTIVE_THRESHOLD, active_units
 from .errors import UserError
+from .features import ACTIVE_THRESHOLD, active_units
 from .files import atomic_write_bytes
 from .networks import call_net
 from .runfolder import feature_map, load_split
