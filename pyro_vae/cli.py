@@ -25,7 +25,8 @@ def build_parser():
     p.add_argument("--config", help="TOML config file (defaults for every key not in it)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=5 (repeatable)")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint, with its own config.toml unless --config is given "
+                   "(--set train.epochs=N trains it on to N epochs)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -82,7 +83,10 @@ def cmd_train(args):
     from . import config, distributed
     from .run import train_run
 
-    cfg = config.load(args.config, args.overrides)
+    base = args.config
+    if args.resume and base is None and (Path(args.out) / "config.toml").is_file():
+        base = Path(args.out) / "config.toml"  # --resume --set train.epochs=N continues the run's own config
+    cfg = config.load(base, args.overrides)
     with distributed.init(cfg.train.device) as world:
         train_run(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress, world=world)
         if world.is_main:

@@ -210,3 +210,15 @@ def test_the_checkpoint_schema_knows_every_field_of_the_training_state():
     from pyro_vae.train import TrainState
 
     assert STATE_FIELDS == {f.name for f in dataclasses.fields(TrainState)}
+
+
+def test_resume_without_a_config_continues_the_runs_own_config(data_dir, tmp_path, trained_run):
+    """`train --resume --set train.epochs=N` starts from the run's config.toml, not the defaults."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    epochs = len((run / "metrics.csv").read_text().splitlines()) - 1
+    assert main(["train", "--out", str(run), "--resume", "--no-progress", "--set", f"train.epochs={epochs + 1}"]) == 0
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 2))
+    # another key still differs from the run's: refused, as with --config
+    assert main(["train", "--out", str(run), "--resume", "--set", "model.latent_dim=3"]) == 2
