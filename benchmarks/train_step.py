@@ -119,10 +119,10 @@ def medians(variants, repeats, env, warm):
 def show(title, table, bases):
     """``bases``: column label -> the variant each ratio is to."""
     print(f"\n{title}")
-    header = "".join(f"{'x ' + label:>12}" for label in bases)
+    header = "".join(f"{'x ' + label:>15}" for label in bases)
     print(f"{'variant':<30}{'process s':>10}{header}{'last epoch s':>13}{header}{'compile s':>10}  auto chose")
     for name, t in table.items():
-        ratios = lambda key: "".join(f"{t[key] / table[b][key]:>12.2f}" for b in bases.values())  # noqa: E731
+        ratios = lambda key: "".join(f"{t[key] / table[b][key]:>15.2f}" for b in bases.values())  # noqa: E731
         print(f"{name:<30}{t['process']:>10.2f}{ratios('process')}{t['epoch']:>13.2f}{ratios('epoch')}{t['compile']:>10.1f}  {t['chose']}")
 
 
