@@ -40,7 +40,9 @@ class FeatureMap:
             raise UserError(f"data.features = {where!r} is a conditional run: its encoder needs the label, which an unlabelled image lacks; "
                             "train the feature run unconditionally (model.conditional = false)")
         self.vae = vae.eval()
-        self.image_shape = tuple(images.image_shape)
+        # a feature run trained on codes itself shows them through the map that made them
+        self.below = images.feature_map
+        self.image_shape = tuple(images.image_shape) if self.below is None else self.below.image_shape
         train = self._means(images.train.x)
         count, variances = active_units(train)
         if not count:
@@ -61,7 +63,9 @@ class FeatureMap:
 
     @torch.no_grad()
     def decode(self, codes):
-        """E[x | z] of M1 at the codes, every unused dimension of z at its mean."""
+        """E[x | z] of M1 at the codes, every unused dimension of z at its mean (and on through
+        the map of M1's own data, where M1 was trained on codes too)."""
         z = self.fill.to(self.vae.device).repeat(len(codes), 1)
         z[:, self.active] = codes.to(z)
-        return self.vae.decode(z).to(codes.device)
+        x = self.vae.decode(z).to(codes.device)
+        return x if self.below is None else self.below.decode(x)

@@ -142,7 +142,8 @@ def feature_map(cfg):
         feature_cfg, vae, _ = load_run(cfg.data.features)
     except UserError as e:
         raise UserError(f"data.features = {cfg.data.features!r}: {e}") from None
-    images = data.load_dataset(dataclasses.replace(feature_cfg, data=dataclasses.replace(feature_cfg.data, labelled=0, limit=0, test_limit=0)))
+    # the feature run's data as it saw them: its own codes of another run's images, if it was stacked too
+    images = load_dataset(dataclasses.replace(feature_cfg, data=dataclasses.replace(feature_cfg.data, labelled=0, limit=0, test_limit=0)))
     train = data.fixed_train_split(images, feature_cfg.data.binarize, feature_cfg.seed)
     return FeatureMap(vae, dataclasses.replace(images, train=train), cfg.data.features)
 

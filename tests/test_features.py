@@ -112,3 +112,21 @@ def test_a_retrained_feature_run_is_refused_as_other_data(data_dir, tmp_path):
     train_run(small_config(data_dir, "train.epochs=1", "data.limit=500", "seed=1"), m1, overwrite=True, progress=False)
     with pytest.raises(UserError, match="are not the data .* was trained on"):
         evaluate_run(tmp_path / "stacked", num_samples=2, limit=5)
+
+
+def test_a_run_on_a_stacked_runs_codes_is_shown_through_every_run_below(feature_run, tmp_path):
+    """Three levels: images -> the feature run's codes -> an unconditional run's codes of those."""
+    middle_cfg = config.load(None, [
+        f'data.features="{feature_run}"', "data.binarize=none", "model.likelihood=gaussian", "data.limit=300", "data.test_limit=50",
+        "model.latent_dim=4", "model.encoder.hidden=[32]", "model.decoder.hidden=[32]", "train.epochs=1", "train.device=cpu", "train.compile=off"])
+    train_run(middle_cfg, tmp_path / "middle", progress=False)
+    train_run(features_config(tmp_path / "middle", "train.epochs=1"), tmp_path / "top", progress=False)
+    ds = load_dataset(features_config(tmp_path / "middle"))
+    fmap, below = ds.feature_map, feature_map(middle_cfg)
+    assert ds.input_dim == fmap.active.sum() <= 4 and fmap.image_shape == (28, 28)
+    z = fmap.fill.repeat(3, 1)
+    z[:, fmap.active] = ds.test.x[:3]
+    pictures, shape = ds.pictures(ds.test.x[:3])
+    assert shape == (28, 28) and torch.allclose(pictures, below.decode(fmap.vae.decode(z)), atol=1e-6)
+    assert main(["generate", str(tmp_path / "top"), "--digit", "1", "--n", "2", "--out", str(tmp_path / "g.npz")]) == 0
+    assert np.load(tmp_path / "g.npz")["images"].shape == (2, 28, 28)
