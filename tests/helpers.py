@@ -33,6 +33,14 @@ def random_weights(vae, std):
     return vae
 
 
+def assert_same_weights(expected, actual):
+    """Every tensor of ``expected``'s state_dict equals ``actual``'s bitwise (a resumed run's
+    weights against the straight run's)."""
+    got = actual.state_dict()
+    for name, tensor in expected.state_dict().items():
+        assert torch.equal(tensor, got[name]), name
+
+
 def small_config(data_dir, *overrides):
     """A config that trains in seconds: 2000 MNIST training images, 500 test images, small nets."""
     base = [

@@ -3,11 +3,12 @@ through that run's decoder."""
 
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from helpers import small_config
+from helpers import assert_same_weights, small_config
 
 from pyro_vae import config, data
 from pyro_vae.cli import main
@@ -29,10 +30,11 @@ def features_config(feature_run, *overrides):
 
 
 @pytest.fixture(scope="module")
-def feature_run(data_dir, tmp_path_factory):
-    """A small unconditional MNIST run (M1)."""
-    out = tmp_path_factory.mktemp("m1")
-    train_run(small_config(data_dir), out, progress=False)
+def feature_run(trained_run, tmp_path_factory):
+    """A copy of the session's small unconditional MNIST run (M1): this module evaluates it, which
+    writes into its folder."""
+    out = tmp_path_factory.mktemp("m1") / "run"
+    shutil.copytree(trained_run, out)
     return out
 
 
@@ -101,8 +103,7 @@ def test_a_stacked_run_resumes_bitwise(stacked_run, feature_run, tmp_path):
     train_run(features_config(feature_run, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, _ = train_run(features_config(feature_run), tmp_path / "resumed", resume=True, progress=False)
     _, straight, _ = load_run(stacked_run)
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_same_weights(straight, resumed)
 
 
 def test_a_retrained_feature_run_is_refused_as_other_data(data_dir, tmp_path):

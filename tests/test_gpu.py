@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import small_config
+from helpers import assert_same_weights, small_config
 
 from pyro_vae import VAE, noise
 from pyro_vae.objectives import make_objective
@@ -51,5 +51,4 @@ def test_a_compiled_cuda_run_resumes_exactly(data_dir, tmp_path):
     straight, _ = train_run(small_config(data_dir, *overrides), tmp_path / "straight", progress=False)
     train_run(small_config(data_dir, *overrides, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, _ = train_run(small_config(data_dir, *overrides), tmp_path / "resumed", resume=True, progress=False)
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert_same_weights(straight, resumed)

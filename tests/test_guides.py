@@ -13,7 +13,7 @@ from pyro.distributions.transforms import conditional_planar
 from pyro.infer import Predictive
 from torch import nn
 
-from helpers import small_config
+from helpers import assert_same_weights, small_config
 from pyro_vae import GUIDES, VAE, UserError, noise, register_guide
 from pyro_vae.guides import split_encoded
 from pyro_vae.marginal import estimate_log_px
@@ -379,8 +379,7 @@ def test_a_run_with_a_richer_guide_resumes_exactly(data_dir, tmp_path, guide):
     train_run(small_config(data_dir, *sets, "train.epochs=1"), tmp_path / "resumed", progress=False)
     torch.manual_seed(99)  # whatever a fresh VAE draws is replaced by the checkpoint
     resumed, _ = train_run(small_config(data_dir, *sets), tmp_path / "resumed", resume=True, progress=False)
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert_same_weights(straight, resumed)
 
 
 @pytest.mark.parametrize("compile", ["off", "on"])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pyro import poutine
 
-from helpers import random_weights, small_config
+from helpers import assert_same_weights, random_weights, small_config
 from pyro_vae import VAE, UserError, config
 from pyro_vae.explore import encode_run, explore_run
 from pyro_vae.layers import GaussianLayer
@@ -272,8 +272,7 @@ def test_a_two_layer_run_resumes_bitwise_and_its_tools_see_every_layer(data_dir,
     train_run(small_config(data_dir, *overrides, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, state = train_run(small_config(data_dir, *overrides, "train.epochs=3"), tmp_path / "resumed", resume=True, progress=False)
     assert state.epoch == 3
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(straight, resumed)
     assert any(name.startswith("layers.0.") for name in straight.state_dict())
 
     arrays = encode_run(tmp_path / "straight", tmp_path / "codes.npz")

@@ -297,7 +297,7 @@ def test_the_traced_conditional_step_equals_eager_for_the_reweighting_objectives
 
 
 def test_a_dreg_run_resumes_exactly(data_dir, tmp_path):
-    from helpers import small_config
+    from helpers import assert_same_weights, small_config
     from pyro_vae.run import train_run
 
     sets = ["data.limit=250", "data.test_limit=100", "model.latent_dim=4", "model.encoder.hidden=[16]", "model.decoder.hidden=[16]",
@@ -305,5 +305,4 @@ def test_a_dreg_run_resumes_exactly(data_dir, tmp_path):
     straight, _ = train_run(small_config(data_dir, *sets), tmp_path / "straight", progress=False)
     train_run(small_config(data_dir, *sets, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, _ = train_run(small_config(data_dir, *sets), tmp_path / "resumed", resume=True, progress=False)
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert_same_weights(straight, resumed)

@@ -10,7 +10,7 @@ import pyro
 import pytest
 import torch
 
-from helpers import small_config
+from helpers import assert_same_weights, small_config
 from pyro_vae import VAE, config, data
 from pyro_vae.cli import main
 from pyro_vae.errors import UserError
@@ -211,8 +211,7 @@ def test_a_semi_supervised_run_resumes_bitwise(m2_run, data_dir, tmp_path):
     train_run(m2_config(data_dir, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, _ = train_run(m2_config(data_dir), tmp_path / "resumed", resume=True, progress=False)
     _, straight, _ = load_run(m2_run)
-    for key, value in straight.state_dict().items():
-        assert torch.equal(value, resumed.state_dict()[key]), key
+    assert_same_weights(straight, resumed)
     last = [(run / "metrics.csv").read_text().splitlines()[-1].split(",")[:4] for run in (m2_run, tmp_path / "resumed")]
     assert last[0] == last[1]  # epoch, step, train and test ELBO
 

@@ -5,7 +5,7 @@ shape; runs compiled resume exactly; models that cannot be traced run eager with
 import pytest
 import torch
 
-from helpers import random_weights, small_config
+from helpers import assert_same_weights, random_weights, small_config
 from pyro_vae import VAE, UserError, compile_cache, config, noise
 from pyro_vae.data import DEFAULT_ROOT
 from pyro_vae.data import load_dataset
@@ -267,8 +267,7 @@ def test_a_compiled_run_compiles_once_per_shape_resumes_exactly_and_tracks_eager
     assert capsys.readouterr().err.count("compiled the training step for batches of shape (100, 784)") == 1
     train_run(small_config(data_dir, *COMPILED, "train.epochs=1"), tmp_path / "resumed", progress=False)
     resumed, _ = train_run(cfg, tmp_path / "resumed", resume=True, progress=False)
-    for name, tensor in straight.state_dict().items():
-        assert torch.equal(tensor, resumed.state_dict()[name]), name
+    assert_same_weights(straight, resumed)
     eager, _ = train_run(small_config(data_dir, *COMPILED, "train.compile=off"), tmp_path / "eager", progress=False)
     for name, tensor in straight.state_dict().items():
         assert torch.allclose(tensor, eager.state_dict()[name], rtol=1e-3, atol=1e-5), name

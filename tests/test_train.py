@@ -9,7 +9,7 @@ import pyro
 import pytest
 import torch
 
-from helpers import readable_png, record_grids, small_config
+from helpers import assert_same_weights, readable_png, record_grids, small_config
 from pyro_vae import data
 from pyro_vae import config as config_lib
 from pyro_vae.cli import main
@@ -196,8 +196,7 @@ def test_a_run_resumes_exactly_mid_schedule(data_dir, tmp_path):
     train_run(small_config(data_dir, *overrides[:-1], "train.epochs=2"), tmp_path / "resumed", progress=False)
     resumed, state = train_run(small_config(data_dir, *overrides), tmp_path / "resumed", resume=True, progress=False)
     assert state.epoch == 5
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
+    assert_same_weights(straight, resumed)
     payload = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)
     assert payload["optimizer"]["param_groups"][0]["lr"] == 1e-3 * 10 ** (-2 / 7)  # epoch 5 (0-based 4) opens stage 2
     assert payload["optimizer"]["param_groups"][0]["eps"] == 1e-4
