@@ -78,6 +78,11 @@ class Dataset:
     def to(self, device):
         return Dataset(self.train.to(device), self.test.to(device), self.image_shape, self.num_classes, self.feature_map)
 
+    @property
+    def picture_shape(self):
+        """(H, W) of a datum drawn as an image (a code's is the images' it was made from)."""
+        return self.image_shape if self.feature_map is None else self.feature_map.image_shape
+
     def pictures(self, x):
         """``(images, (H, W))``: data rows as images (features through the map that made them)."""
         return pictures(x, self.image_shape, self.feature_map)

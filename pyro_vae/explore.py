@@ -38,12 +38,11 @@ import torch
 from torch.distributions import kl_divergence
 
 from . import noise, records
-from .data import pictures
 from .errors import UserError
 from .features import ACTIVE_THRESHOLD, active_units
 from .files import atomic_write_bytes
 from .networks import call_net
-from .runfolder import feature_map, load_split
+from .runfolder import load_data, load_split
 
 KL_SAMPLES = 16  # z draws per datum for a Monte Carlo KL
 KDE_SAMPLES = 2000  # prior draws behind a kernel density estimate of its marginals
@@ -233,12 +232,11 @@ def explore_run(run_dir, out=None, json_summary=False, seed=0):
     out = run_dir if out is None else Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a folder for the figures")
-    cfg, vae, payload, test = load_split(run_dir)
-    fmap = feature_map(cfg)
-    image_shape = fmap.image_shape if fmap else tuple(payload["image_shape"])
+    _, vae, payload, ds = load_data(run_dir)
+    test, image_shape = ds.test, ds.picture_shape
 
     def show(x):  # data rows or decoder means as images (a features run's through its feature run)
-        return pictures(x, image_shape, fmap)[0]
+        return ds.pictures(x)[0]
     conditional = vae.num_classes is not None
     torch.manual_seed(seed)
     codes = encode_layers_split(vae, test)

@@ -165,16 +165,23 @@ def check_same_data(run_dir, cfg, payload):
                         "restore the original files, or train a new run on these")
 
 
-def load_split(run_dir, split="test", limit=0, device="cpu"):
-    """``(cfg, vae, payload, Split)``: the run's model and the images of ``split`` (its first
-    ``limit``, all for 0) on ``device``, pixels as the model saw them, after checking that they are
-    the data it was trained on. What ``evaluate``, ``encode`` and ``explore`` start from."""
-    if split not in ("test", "train"):
-        raise UserError(f"--split must be 'test' or 'train', got {split!r}")
+def load_data(run_dir, device="cpu"):
+    """``(cfg, vae, payload, Dataset)``: the run's model and its data as the model saw them (on the
+    CPU), after checking that they are the data it was trained on."""
     cfg, vae, payload = load_run(run_dir, device)
     check_same_data(run_dir, cfg, payload)  # first: data that changed explain a mismatch better than its shape
     ds = load_dataset(cfg)
     data.check_data(vae, ds, cfg.data.binarize)
+    return cfg, vae, payload, ds
+
+
+def load_split(run_dir, split="test", limit=0, device="cpu"):
+    """``(cfg, vae, payload, Split)``: the run's model and the images of ``split`` (its first
+    ``limit``, all for 0) on ``device``, pixels as the model saw them (:func:`load_data`). What
+    ``evaluate`` and ``encode`` start from."""
+    if split not in ("test", "train"):
+        raise UserError(f"--split must be 'test' or 'train', got {split!r}")
+    cfg, vae, payload, ds = load_data(run_dir, device)
     chosen = ds.test if split == "test" else data.fixed_train_split(ds, cfg.data.binarize, cfg.seed)
     return cfg, vae, payload, chosen.head(limit).to(device)
 
