@@ -188,8 +188,8 @@ def killed_in_first_epoch(ws):
     """What a kill during epoch 1 leaves: the resolved config and no checkpoint yet."""
     run = ws.mnist_run()
     for path in run.iterdir():
-        if path.name != "config.toml":
-            path.unlink()
+        if path.name != "config.toml":  # the shared run may hold evaluations/, which another module's explore wrote
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
     return ["train", "--out", str(run), "--resume", *small(ws)]
 
 
