@@ -102,9 +102,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(nan_at,
     assert (run / "metrics.csv").read_text().count("\n") == 2  # header and epoch 1
 
 
-def test_nan_policy_skip_skips_and_counts_the_bad_batches(nan_at, data_dir, tmp_path):
+@pytest.mark.parametrize("model", [[], ["model.conditional=true", "data.labelled=20", "train.labelled_batch_size=10"]],
+                         ids=["vae", "semi-supervised"])
+def test_nan_policy_skip_skips_and_counts_the_bad_batches(model, nan_at, data_dir, tmp_path):
     bad_calls = [3, 5, 12]
-    cfg = nan_config(data_dir, bad_calls, "train.nan_policy=skip", "train.epochs=1")
+    cfg = nan_config(data_dir, bad_calls, "train.nan_policy=skip", "train.epochs=1", *model)
 
     vae, state = train_run(cfg, tmp_path / "run", progress=False)
 
