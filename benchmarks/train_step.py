@@ -101,7 +101,7 @@ def small_variants(args, path):
 
 
 def medians(variants, repeats, env, warm):
-    """Median of ``repeats`` alternating rounds; cold: a fresh cache for every compiling process;
+    """Median of ``repeats`` alternating rounds, each in a rotated order; cold: a fresh cache for every compiling process;
     warm: one cache for all, filled by one untimed run of each compiling variant."""
     times = {name: [] for name in variants}
     with contextlib.ExitStack() as stack:
@@ -110,8 +110,12 @@ def medians(variants, repeats, env, warm):
             for once, compiles in variants.values():
                 if compiles:
                     once(shared)
-        for _ in range(repeats):
-            for name, (once, compiles) in variants.items():
+        for round_ in range(repeats):
+            # each round starts one variant later, so that no variant always follows the same one
+            # (a row that always ran right after a compiling one read 1.5x slow at 8182e0e)
+            names = list(variants)
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                once, compiles = variants[name]
                 if warm or not compiles:
                     times[name].append(once(shared if warm else env))
                 else:
