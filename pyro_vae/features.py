@@ -42,7 +42,7 @@ class FeatureMap:
         self.vae = vae.eval()
         # a feature run trained on codes itself shows them through the map that made them
         self.below = images.feature_map
-        self.image_shape = tuple(images.image_shape) if self.below is None else self.below.image_shape
+        self.image_shape = tuple(images.picture_shape)
         train = self._means(images.train.x)
         count, variances = active_units(train)
         if not count:
