@@ -1,6 +1,7 @@
-"""The training step: the traced graph computes the loss and gradients of Pyro's own objective on
-the same random numbers, for every prior, likelihood and objective; inductor compiles it once per
-shape; runs compiled resume exactly; models that cannot be traced run eager with one line."""
+"""The training step: the traced loss under autograd and the traced gradient graph compute the
+loss and gradients of Pyro's own objective on the same random numbers, for every prior,
+likelihood and objective; inductor compiles it once per shape; runs compiled resume exactly;
+models that cannot be traced run eager with one line."""
 
 import pytest
 import torch
@@ -34,9 +35,14 @@ def step_noise(x, step):
     return noise.StepNoise(0, step, len(x), slice(None), x.device)
 
 
-def loss_and_grads(vae, objective, particles, compile, x, y=None, kl_weight=1.0, backend=None, dynamic=True, batch=0):
-    """One step on ``x`` through a fresh Step; the loss and a copy of every gradient."""
-    step = Step(vae, make_objective(objective, particles), dynamic_binarization=dynamic, compile=compile, backend=backend)
+# the objectives that shape their gradient with hooks on tensors: their traced loss would lose them
+GRADIENT_HOOKS = {"dreg", "piwae"}
+
+
+def loss_and_grads(vae, objective, particles, compile, x, y=None, kl_weight=1.0, backend=None, dynamic=True, batch=0, steps=None):
+    """One step on ``x`` through a fresh Step; the loss and a copy of every gradient. ``compile =
+    "auto"`` with ``steps``: the first of the run's steps, which runs uncompiled (traced) and timed."""
+    step = Step(vae, make_objective(objective, particles), dynamic_binarization=dynamic, compile=compile, backend=backend, steps=steps)
     loss = step(x, y, step_noise(x, batch), kl_weight=kl_weight)
     return loss, {name: p.grad.clone() for name, p in vae.named_parameters()}, step
 
@@ -55,16 +61,22 @@ def assert_static_shapes(step):
 
 
 def assert_same_step(vae, objective, particles, x, y=None, kl_weight=1.0, backend=None, dynamic=True):
+    """The compiled step, and the traced one (``auto``'s first steps; Pyro's eager step for an
+    objective with gradient hooks), each against Pyro's eager step."""
     eager_loss, eager_grads, _ = loss_and_grads(vae, objective, particles, "off", x, y, kl_weight, dynamic=dynamic)
     loss, grads, step = loss_and_grads(vae, objective, particles, "on", x, y, kl_weight, backend, dynamic)
     assert step.compiled and step.compilations == 1
     if backend is None:
         assert_static_shapes(step)
-    assert loss.shape == () and torch.isfinite(loss)
-    assert loss.item() == pytest.approx(eager_loss.item(), rel=1e-5)
-    assert grads.keys() == eager_grads.keys()
-    for name, grad in grads.items():
-        assert torch.allclose(grad, eager_grads[name], rtol=1e-4, atol=1e-5), name
+    traced = loss_and_grads(vae, objective, particles, "auto", x, y, kl_weight, backend, dynamic, steps=10**9)
+    hooked = (objective if isinstance(objective, str) else objective["type"]) in GRADIENT_HOOKS
+    assert traced[2].path == ("eager" if hooked else "traced") and traced[2].compilations == 0
+    for loss, grads in (loss, grads), traced[:2]:
+        assert loss.shape == () and torch.isfinite(loss)
+        assert loss.item() == pytest.approx(eager_loss.item(), rel=1e-5)
+        assert grads.keys() == eager_grads.keys()
+        for name, grad in grads.items():
+            assert torch.allclose(grad, eager_grads[name], rtol=1e-4, atol=1e-5), name
 
 
 @pytest.mark.parametrize("objective, particles", OBJECTIVES)
@@ -150,18 +162,24 @@ def test_a_padded_short_batch_has_the_short_batchs_loss_gradients_and_noise(name
     vae = tiny_vae({"type": "vamp", "components": 4}, guide=GUIDES[1], num_classes=4, layers=layers).double()
     random_weights(vae, 0.3)
     x, y = torch.rand(7, 12, dtype=torch.float64), torch.arange(7) % 4
-    results = {}
-    for compile, batch_size in (("off", None), ("on", 10)):
-        step = Step(vae, make_objective(objective, particles), dynamic_binarization=True, compile=compile, backend=None, batch_size=batch_size)
+    results, graphs = {}, {}
+    for compile, batch_size in (("off", None), ("on", 10), ("auto", 10)):
+        # auto with a run's length: its first step, traced (Pyro's eager step for a hooked objective)
+        step = Step(vae, make_objective(objective, particles), dynamic_binarization=True, compile=compile, backend=None, batch_size=batch_size,
+                    steps=10**9 if compile == "auto" else None, log=lambda message: None)
         drawn = step_noise(x, 3)
         loss = step(x, y, drawn, kl_weight=0.5)
         results[compile] = loss, {n: p.grad.clone() for n, p in vae.named_parameters()}, drawn.generator.get_state()
-    (eager, eager_grads, eager_state), (padded, grads, state) = results["off"], results["on"]
-    assert step.compiled and [g.draws[0][0][-2] for g in step.graphs.values()] == [10]  # the graph's rows: the padded batch
-    assert torch.equal(state, eager_state)
-    assert padded.item() == pytest.approx(eager.item(), rel=1e-10)
-    for n, grad in grads.items():
-        assert torch.allclose(grad, eager_grads[n], rtol=1e-8, atol=1e-12), n
+        graphs[compile] = step.path, [g.draws[0][0][-2] for g in [*step.graphs.values(), *step.traces.values()]]
+    # the graph's rows: the padded batch
+    assert graphs["on"] == ("compiled", [10])
+    assert graphs["auto"] == (("eager", []) if name in GRADIENT_HOOKS else ("traced", [10]))
+    eager, eager_grads, eager_state = results["off"]
+    for padded, grads, state in results["on"], results["auto"]:
+        assert torch.equal(state, eager_state)
+        assert padded.item() == pytest.approx(eager.item(), rel=1e-10)
+        for n, grad in grads.items():
+            assert torch.allclose(grad, eager_grads[n], rtol=1e-8, atol=1e-12), n
 
 
 def test_compiling_pays_where_the_steps_left_save_more_than_the_compile_costs():
@@ -173,22 +191,23 @@ def test_compiling_pays_where_the_steps_left_save_more_than_the_compile_costs():
     assert not compile_pays(0, compile_seconds=0.1, saving_per_step=1.0)
 
 
-def test_auto_trains_a_short_job_eager_and_says_why_in_one_line(capsys):
+def test_auto_trains_a_short_job_traced_and_says_why_in_one_line(capsys):
     # 45 training images in batches of 10: 5 steps, all of them timed, none left to save on
     torch.manual_seed(0)
     fit_tensors(tiny_vae(), (torch.rand(50, 12) < 0.5).float(), overrides=["train.batch_size=10", "train.epochs=1"], progress=False)
     lines = [line for line in capsys.readouterr().err.splitlines() if "train.compile" in line]
-    assert len(lines) == 1 and "train.compile = auto: training eager: the 0 steps left" in lines[0], lines
+    assert len(lines) == 1 and "train.compile = auto: training traced, not compiled: the 0 steps left" in lines[0], lines
     assert "less than compiling costs" in lines[0] and ("compile cache cold" in lines[0] or "compile cache warm" in lines[0])
 
 
-def test_auto_compiles_a_long_job_after_timing_its_first_eager_steps():
+def test_auto_compiles_a_long_job_after_timing_its_first_traced_steps():
     vae, x = tiny_vae(), torch.rand(10, 12)
     lines = []
     step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", backend=None, log=lines.append, steps=10**9)
     for i in range(TIMED_STEPS):
+        assert step.path == "traced"
         step(x, None, step_noise(x, i))
-        assert step.compilations == (i == TIMED_STEPS - 1)  # traced for the decision after the last timed step
+        assert step.compilations == (i == TIMED_STEPS - 1)  # the gradient graph traced for the decision after the last timed step
     assert step.compiled and len(lines) == 1 and "compiling the training step" in lines[0] and "more than compiling costs" in lines[0]
     loss = step(x, None, step_noise(x, TIMED_STEPS))
     eager, _, _ = loss_and_grads(vae, "elbo", 1, "off", x, batch=TIMED_STEPS)
@@ -209,15 +228,16 @@ class BranchesOnValues(torch.nn.Module):
         return h[..., :3], h[..., 3:].exp()
 
 
-def test_an_untraceable_guide_runs_eager_under_auto_with_one_line(capsys):
+@pytest.mark.parametrize("steps", [None, 10**9], ids=["compiled at once", "traced first"])
+def test_an_untraceable_guide_runs_eager_under_auto_with_one_line(capsys, steps):
     vae, x = tiny_vae(encoder=BranchesOnValues()), torch.rand(10, 12)
-    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", backend=None)
-    losses = [step(x, None, step_noise(x, i)) for i in range(3)]
+    step = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", backend=None, steps=steps)
+    losses = [step(x, None, step_noise(x, i)) for i in range(TIMED_STEPS + 1)]
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "training eager" in err
     assert "test_step.py" in err and "if h.sum() > 0" in err  # names the line that branches
-    assert not step.compiled and step.compilations == 0
-    eager, _, _ = loss_and_grads(vae, "elbo", 1, "off", x, batch=2)
+    assert step.path == "eager" and step.compilations == 0
+    eager, _, _ = loss_and_grads(vae, "elbo", 1, "off", x, batch=TIMED_STEPS)
     assert torch.equal(losses[-1], eager)
 
 
@@ -232,13 +252,13 @@ def no_compiler(graph, example_inputs):
 
 
 def test_a_failing_compiler_falls_back_under_auto_and_is_an_error_under_on(capsys):
-    x = torch.rand(10, 12)
-    eager, _, _ = loss_and_grads(tiny_vae(), "elbo", 1, "off", x)
-    torch.manual_seed(0)
-    loss, _, step = loss_and_grads(tiny_vae(), "elbo", 1, "auto", x, backend=no_compiler)
-    assert not step.compiled
+    vae, x = tiny_vae(), torch.rand(10, 12)
+    eager, _, _ = loss_and_grads(vae, "elbo", 1, "off", x)
+    loss, _, step = loss_and_grads(vae, "elbo", 1, "auto", x, backend=no_compiler)
+    # the model traced: it goes on traced, from this very step
+    assert step.path == "traced" and loss.item() == pytest.approx(eager.item(), rel=1e-6)
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "the compiler failed" in err and "no C++ compiler found" in err
+    assert err.count("\n") == 1 and "training traced, not compiled" in err and "the compiler failed" in err and "no C++ compiler found" in err
     with pytest.raises(UserError, match="cannot be compiled: the compiler failed"):
         loss_and_grads(tiny_vae(), "elbo", 1, "on", x, backend=no_compiler)
 

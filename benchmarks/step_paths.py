@@ -1,0 +1,90 @@
+"""The training step's three paths in one process: Pyro's eager step, the traced loss run op by
+op under autograd, and the compiled gradient graph (pyro_vae.step), on the IWAE-paper VAE at the
+shipped defaults (examples/configs/mnist_vae.toml), each doing a whole step with the fused Adam
+update, beside the plain-PyTorch step of benchmarks/plain_train.py with torch's default Adam.
+The paths alternate in rounds of N steps (each round in the reverse order of the last), and the
+table gives each one's median time per step over the rounds and its ratio to the traced step:
+what ``compile = "auto"`` models with ``step.COMPILED_STEP_RATIO``. The compile itself is not
+timed here (benchmarks/train_step.py times whole processes): the step compiles, or loads from the
+compile cache, before the rounds.
+
+    python benchmarks/step_paths.py [--rounds 9] [--steps 200] [--threads 0 (torch's default)]
+"""
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+from plain_train import mlp, negative_elbo
+from pyro_vae import config, noise
+from pyro_vae.run import build_vae, load_dataset
+from pyro_vae.step import TIMED_STEPS, Step
+from pyro_vae.train import make_optimizer, make_training_objective
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = config.load(os.path.join(HERE, "..", "examples", "configs", "mnist_vae.toml"))
+    ds = load_dataset(cfg)
+    x, batch = ds.train.x, cfg.train.batch_size
+    torch.manual_seed(0)
+    vae = build_vae(cfg, ds.input_dim, ds.num_classes)
+    vae.init_from_data(x)
+    optimizer = make_optimizer(vae.parameters(), cfg.train)
+    objective = make_training_objective(vae, cfg.train)
+    # auto with a run's length runs its first steps traced, and stays so when none are left to save on
+    steps = {"eager": Step(vae, objective, dynamic_binarization=True, compile="off"),
+             "traced": Step(vae, objective, dynamic_binarization=True, compile="auto", steps=TIMED_STEPS, batch_size=batch, log=lambda m: None),
+             "compiled": Step(vae, objective, dynamic_binarization=True, compile="on", batch_size=batch, log=print)}
+    encoder, decoder = mlp([784, 200, 200, 100]), mlp([50, 200, 200, 784])
+    plain_optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
+    batches = len(x) // batch
+
+    def package(path, i):
+        steps[path](x[i * batch : (i + 1) * batch], None, noise.StepNoise(cfg.seed, i, batch, slice(None), x.device))
+        optimizer.step()
+
+    def plain(i):
+        loss = negative_elbo(encoder, decoder, torch.bernoulli(x[i * batch : (i + 1) * batch]))
+        plain_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_optimizer.step()
+
+    runs = {"pyro-vae eager (compile = off)": lambda i: package("eager", i),
+            "pyro-vae traced": lambda i: package("traced", i),
+            "pyro-vae compiled": lambda i: package("compiled", i),
+            "plain PyTorch eager": plain}
+    for run in runs.values():  # the compile, and every path's warm-up
+        for i in range(20):
+            run(i)
+    assert steps["traced"].path == "traced" and steps["compiled"].path == "compiled"
+    times = {name: [] for name in runs}
+    for round_ in range(args.rounds):
+        names = list(runs) if round_ % 2 == 0 else list(runs)[::-1]
+        for name in names:
+            started = time.perf_counter()
+            for i in range(args.steps):
+                runs[name]((round_ * args.steps + i) % batches)
+            times[name].append((time.perf_counter() - started) / args.steps)
+    traced = statistics.median(times["pyro-vae traced"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; batch {batch}; "
+          f"median of {args.rounds} alternating rounds of {args.steps} steps")
+    print(f"{'path':<34}{'ms/step':>9}{'x traced':>10}  rounds")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(f"{name:<34}{median * 1e3:>9.2f}{median / traced:>10.2f}  {' '.join(f'{t * 1e3:.2f}' for t in ts)}")
+
+
+if __name__ == "__main__":
+    main()
