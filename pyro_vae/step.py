@@ -65,13 +65,13 @@ _LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro, contex
 
 # a compiled step's time as a fraction of the uncompiled step's that ``auto`` timed, at batch 100:
 # the traced step's, or Pyro's eager step's where the objective's gradient hooks keep it eager.
-# CPU: the shared 2 cores, the three paths alternated in one process (benchmarks/step_paths.py,
-# docs/benchmarks.md); what the compiled step saves is inductor's fused kernels against torch's
-# per-op dispatch, and against eager Pyro's Python too. CUDA: an H200's compiled epochs were 0.26
-# of Pyro's eager ones (one CUDA graph launch against a launch per kernel); the traced step keeps
-# the launches and sheds only the Python, so against it the ratio is put at 0.4 (not measured:
-# no GPU since the traced path was written)
-COMPILED_STEP_RATIO = {"cpu": {"traced": 0.85, "eager": 0.65}, "cuda": {"traced": 0.4, "eager": 0.3}}
+# CPU: the shared 2 cores, the paths alternated in one process (benchmarks/step_paths.py, two runs
+# at e2609ab: compiled 0.78 and 0.88 of traced, 0.72 and 0.77 of eager; docs/benchmarks.md): what
+# the compiled step saves is inductor's fused kernels against torch's per-op dispatch (and against
+# eager Pyro's Python too). CUDA: an H200's compiled epochs were 0.26 of Pyro's eager ones (one CUDA
+# graph launch against a launch per kernel); the traced step keeps the launches and sheds only the
+# Python, so against it the ratio is put at 0.4 (not measured: no GPU since the traced path was written)
+COMPILED_STEP_RATIO = {"cpu": {"traced": 0.85, "eager": 0.75}, "cuda": {"traced": 0.4, "eager": 0.3}}
 TIMED_STEPS = 5  # traced steps timed before ``auto`` decides; the fastest of them is the estimate
 # inductor's dry compile of a test program per instruction set (about 8 s on a cold cache, of a
 # cold compile's 20) only confirms what the CPU's flags already say; a compiler that cannot build
