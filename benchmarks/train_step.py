@@ -39,7 +39,7 @@ from commands import read_csv, run
 
 HERE = Path(__file__).resolve().parent
 COMPILED_LINE = re.compile(r"compiled the training step for batches of shape .* in ([0-9.]+) s")
-AUTO_LINE = re.compile(r"train\.compile = auto: (compiling the training step|training eager)")
+AUTO_LINE = re.compile(r"train\.compile = auto: (compiling the training step|training traced|training eager)")
 PLAIN_EPOCH_LINE = re.compile(r"epoch \d+: .*, ([0-9.]+) s$", re.MULTILINE)
 SMALL_JOB = ["model.likelihood=gaussian", "data.binarize=none", "model.latent_dim=2"]
 
@@ -76,7 +76,7 @@ def package(args, settings, compile, env):
         epoch = float(read_csv(Path(out) / "metrics.csv")[-1]["seconds"])
     chose = AUTO_LINE.search(result.stderr)
     return {"process": seconds, "epoch": epoch, "compile": sum(float(s) for s in COMPILED_LINE.findall(result.stderr)),
-            "chose": ("" if chose is None else "compiled" if chose.group(1).startswith("compiling") else "eager")}
+            "chose": "" if chose is None else {"compiling the training step": "compiled", "training traced": "traced"}.get(chose.group(1), "eager")}
 
 
 def mnist_variants(args, batch_size):
