@@ -21,6 +21,10 @@ one of 69), grey, a Gaussian likelihood, a 2-D latent, 50 epochs (900 steps): `c
 against `off` and `on`, cold and warm.
 
     python benchmarks/train_step.py [--epochs 10] [--repeats 3] [--batch-sizes 100,1000] [--device cpu|cuda] [--limit N] [--adam foreach|fused|compiled] [--no-small]
+                                    [--caches cold,warm] [--only "plain PyTorch" --only "pyro-vae compile=auto" ...]
+
+``--only`` keeps the MNIST variants named (the first is then the ratios' base), for more rounds of
+the comparison a target is about.
 """
 
 import argparse
@@ -155,20 +159,29 @@ def main():
     parser.add_argument("--batch-sizes", default="100,1000", help="comma-separated MNIST batch sizes (\"\": the small job only)")
     parser.add_argument("--adam", default="foreach", choices=("foreach", "fused", "compiled"), help="the compiled plain script's Adam")
     parser.add_argument("--no-small", action="store_true", help="skip the small user-dataset job")
+    parser.add_argument("--caches", default="cold,warm", help="comma-separated: cold, warm or both")
+    parser.add_argument("--only", action="append", default=[], help="an MNIST variant to run, by name (repeat it; default: all)")
     args = parser.parse_args()
+    caches = [c == "warm" for c in args.caches.split(",") if c]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), os.environ.get("PYTHONPATH", "")]))
 
     print(f"IWAE-paper VAE, {args.epochs} epochs of {args.limit or 60_000} images per process, {args.device}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs; median of {args.repeats} alternating runs; the compiled plain script's Adam: {args.adam}")
     bases = {"plain": "plain PyTorch", "plain comp.": "plain PyTorch, torch.compile"}
+    only = args.only
+    if unknown := [name for name in only if name not in mnist_variants(args, 100)]:
+        parser.error(f"--only: no variant {unknown[0]!r}; the variants are: {'; '.join(mnist_variants(args, 100))}")
+    if only:
+        bases = {only[0]: only[0]}
     for batch_size in (int(b) for b in args.batch_sizes.split(",") if b):
-        for warm in (False, True):
-            table = medians(mnist_variants(args, batch_size), args.repeats, env, warm)
+        for warm in caches:
+            variants = mnist_variants(args, batch_size)
+            table = medians({name: variants[name] for name in only} if only else variants, args.repeats, env, warm)
             show(f"batch {batch_size}, {'warm' if warm else 'cold'} cache", table, bases)
     if not args.no_small:
         with tempfile.TemporaryDirectory() as folder:
             path = small_dataset(args.data, folder)
-            for warm in (False, True):
+            for warm in caches:
                 table = medians(small_variants(args, path), args.repeats, env, warm)
                 show(f"small user dataset (1,769 grey 28x20 images, Gaussian, 2-D latent, 50 epochs, batch 100), {'warm' if warm else 'cold'} cache",
                      table, {"off": "pyro-vae compile=off"})
