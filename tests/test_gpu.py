@@ -29,21 +29,24 @@ def test_a_cuda_checkpoint_loads_on_cpu(data_dir, tmp_path):
     assert all(p.device.type == "cpu" for p in vae.parameters())
 
 
-def test_the_cuda_graph_step_equals_the_eager_cuda_step():
+def test_the_cuda_graph_step_and_the_traced_step_equal_the_eager_cuda_step():
     vae = VAE(784, 8, encoder={"hidden": [64]}, decoder={"hidden": [64]}, num_classes=10).cuda()
     x, y = torch.rand(100, 784, device="cuda"), torch.arange(100, device="cuda") % 10
     steps = {mode: Step(vae, make_objective("elbo"), dynamic_binarization=True, compile=mode) for mode in ("off", "on")}
+    # auto over a run of 4 steps: all of them traced (and timed)
+    steps["traced"] = Step(vae, make_objective("elbo"), dynamic_binarization=True, compile="auto", steps=4)
     # replays after the graph is recorded must take each step's new noise and KL weight
     for i in range(4):
         results = {}
         for mode, step in steps.items():
             loss = step(x, y, noise.StepNoise(0, i, 100, slice(None), "cuda"), kl_weight=0.2 * (i + 1))
             results[mode] = loss.item(), [p.grad.clone() for p in vae.parameters()]
-        assert steps["on"].compiled
-        assert results["on"][0] == pytest.approx(results["off"][0], rel=1e-4)
-        for compiled, eager in zip(results["on"][1], results["off"][1]):
-            assert torch.allclose(compiled, eager, rtol=1e-3, atol=1e-4)
-    assert steps["on"].compilations == 1
+        assert steps["on"].compiled and steps["traced"].path == "traced"
+        for mode in ("on", "traced"):
+            assert results[mode][0] == pytest.approx(results["off"][0], rel=1e-4)
+            for graph, eager in zip(results[mode][1], results["off"][1]):
+                assert torch.allclose(graph, eager, rtol=1e-3, atol=1e-4)
+    assert steps["on"].compilations == 1 and steps["traced"].compilations == 0
 
 
 def test_a_compiled_cuda_run_resumes_exactly(data_dir, tmp_path):
