@@ -125,18 +125,19 @@ def medians(variants, repeats, env, warm):
                 else:
                     with cache(env) as fresh:
                         times[name].append(once(fresh))
-    return {name: {key: statistics.median(t[key] for t in ts) if key != "chose" else "/".join(sorted({t[key] for t in ts}))
-                   for key in ts[0]} for name, ts in times.items()}
+    return {name: {**{key: statistics.median(t[key] for t in ts) if key != "chose" else "/".join(sorted({t[key] for t in ts}))
+                      for key in ts[0]}, "each": [t["process"] for t in ts]} for name, ts in times.items()}
 
 
 def show(title, table, bases):
     """``bases``: column label -> the variant each ratio is to."""
     print(f"\n{title}")
     header = "".join(f"{'x ' + label:>15}" for label in bases)
-    print(f"{'variant':<30}{'process s':>10}{header}{'last epoch s':>13}{header}{'compile s':>10}  auto chose")
+    print(f"{'variant':<30}{'process s':>10}{header}{'last epoch s':>13}{header}{'compile s':>10}  {'auto chose':<16}each process s")
     for name, t in table.items():
         ratios = lambda key: "".join(f"{t[key] / table[b][key]:>15.2f}" for b in bases.values())  # noqa: E731
-        print(f"{name:<30}{t['process']:>10.2f}{ratios('process')}{t['epoch']:>13.2f}{ratios('epoch')}{t['compile']:>10.1f}  {t['chose']}")
+        print(f"{name:<30}{t['process']:>10.2f}{ratios('process')}{t['epoch']:>13.2f}{ratios('epoch')}{t['compile']:>10.1f}  {t['chose']:<16}"
+              + " ".join(f"{s:.1f}" for s in t["each"]))
 
 
 def small_dataset(root, folder):
@@ -172,7 +173,7 @@ def main():
     if unknown := [name for name in only if name not in mnist_variants(args, 100)]:
         parser.error(f"--only: no variant {unknown[0]!r}; the variants are: {'; '.join(mnist_variants(args, 100))}")
     if only:
-        bases = {only[0]: only[0]}
+        bases = {"row 1": only[0]}
     for batch_size in (int(b) for b in args.batch_sizes.split(",") if b):
         for warm in caches:
             variants = mnist_variants(args, batch_size)
