@@ -12,11 +12,15 @@ ways (``Step.path``):
 * ``"traced"``: the same loss traced once into a graph of tensor operations (``make_fx`` on fake
   tensors of ``torch.func.functional_call`` of :class:`TracedLoss`, which takes the objective's
   one tensor-only reduction of the traces, :meth:`objectives.Objective.reduce`, the same call as
-  eager), its dead code removed, then run op by op on the real parameters, with autograd for the
-  gradients: Pyro's handlers, its distributions' Python and the log-densities no term uses are
-  paid once, at the trace, instead of at every step.
-* ``"compiled"``: the gradient and value of that graph (``torch.func.grad_and_value``, traced
-  again, now over tensor operations only) compiled by inductor (on CUDA replayed as a CUDA graph,
+  eager), above autograd (``pre_dispatch``, so that the estimators' ``detach`` stays), its dead
+  code removed, then run op by op on the real parameters, with autograd for the gradients:
+  Pyro's handlers, its distributions' Python and the log-densities no term uses are paid once, at
+  the trace, instead of at every step. An objective that registers gradient hooks on tensors
+  (DReG's and PIWAE's reweighted path channel) has no such graph, since the hooks live on the
+  tensors and not in it; uncompiled, it runs eager.
+* ``"compiled"``: the gradient and value of the loss (``torch.func.grad_and_value`` over the same
+  call, traced by ``make_fx`` on fake tensors; ``torch.func`` runs the gradient hooks as it
+  traces, so they are in this graph) compiled by inductor (on CUDA replayed as a CUDA graph,
   ``mode="reduce-overhead"``).
 
 In the traced graph the binarization uniforms, the guide's standard-normal noise and the KL
