@@ -379,10 +379,11 @@ class Step:
                 others[name] = p.detach()
         return params, others
 
-    def _probe(self, x, uniforms, y, mask):
-        """The traced loss's inputs: a forward pass with throwaway noise finds the guide's noise
-        sites and their shapes (for this process's padded rows: the step draws each for the global
-        batch and cuts its rows)."""
+    def _probe(self, x, uniforms, y, mask, detach):
+        """The traced loss's inputs (its parameters detached for ``torch.func``, as they are for
+        autograd): a forward pass with throwaway noise finds the guide's noise sites and their
+        shapes (for this process's padded rows: the step draws each for the global batch and cuts
+        its rows)."""
         if not callable(getattr(self.objective, "reduce", None)):
             # Pyro's own ELBOs read each site's log-density back with .item(): no graph to trace
             raise NotTraceable(f"the objective {type(self.objective).__name__} is not a pyro_vae.objectives.Objective "
@@ -391,7 +392,7 @@ class Step:
         with torch.no_grad():
             LossModule(self.vae, self.objective)(x if uniforms is None else (uniforms < x).to(x.dtype), y, probe)
         eps = [probe.normal(shape, data_dim, x) for shape, data_dim in probe.draws]
-        return probe.draws, (*self._tensors(detach=False), x, uniforms, y, mask, torch.ones((), dtype=x.dtype, device=x.device), eps)
+        return probe.draws, (*self._tensors(detach), x, uniforms, y, mask, torch.ones((), dtype=x.dtype, device=x.device), eps)
 
     def _loss(self):
         """The traced loss as a function of all its tensors (``make_fx`` traces a function, not a method)."""
@@ -405,7 +406,7 @@ class Step:
         """The loss alone, traced above autograd (``pre_dispatch``, so that its ``detach`` stays),
         on parameters that require gradients, with the dead code (the log-densities no term of
         the objective uses) removed."""
-        draws, inputs = self._probe(x, uniforms, y, mask)
+        draws, inputs = self._probe(x, uniforms, y, mask, detach=False)
         try:
             with _HookSpy():
                 fn = make_fx(self._loss(), tracing_mode="fake", pre_dispatch=True)(*inputs)
@@ -422,8 +423,7 @@ class Step:
         """The gradient and value of the loss, traced through ``torch.func`` (which runs the
         objective's gradient hooks as it traces), for the compiler."""
         started = time.perf_counter()
-        draws, (params, buffers, *rest) = self._probe(x, uniforms, y, mask)
-        inputs = ({name: p.detach() for name, p in params.items()}, buffers, *rest)
+        draws, inputs = self._probe(x, uniforms, y, mask, detach=True)
         try:
             traced = make_fx(torch.func.grad_and_value(self._loss()), tracing_mode="fake")(*inputs)
         except Exception as e:  # noqa: BLE001 - any failure to trace means "run eager" under auto
