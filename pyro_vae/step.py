@@ -13,9 +13,10 @@ ways (``Step.path``):
   tensors of ``torch.func.functional_call`` of :class:`TracedLoss`, which takes the objective's
   one tensor-only reduction of the traces, :meth:`objectives.Objective.reduce`, the same call as
   eager), above autograd (``pre_dispatch``, so that the estimators' ``detach`` stays), its dead
-  code removed, then run op by op on the real parameters, with autograd for the gradients:
-  Pyro's handlers, its distributions' Python and the log-densities no term uses are paid once, at
-  the trace, instead of at every step. An objective that registers gradient hooks on tensors
+  code and the identities of Pyro's broadcasting and scaling removed (:mod:`pyro_vae.simplify`),
+  then run op by op on the real parameters, with autograd for the gradients: Pyro's handlers, its
+  distributions' Python, the log-densities no term uses and the no-op nodes are paid once, at the
+  trace, instead of at every step. An objective that registers gradient hooks on tensors
   (DReG's and PIWAE's reweighted path channel) has no such graph, since the hooks live on the
   tensors and not in it; uncompiled, it runs eager.
 * ``"compiled"``: the gradient and value of the loss (``torch.func.grad_and_value`` over the same
@@ -63,6 +64,7 @@ from . import compile_cache, distributed, noise
 from .config import COMPILE_MODES
 from .errors import UserError
 from .objectives import LatentScale
+from .simplify import remove_identities
 
 # frames in these folders are the machinery; the first frame outside them is the user's code
 _LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro, contextlib)) + (str(Path(__file__).parent),)
@@ -404,8 +406,9 @@ class Step:
 
     def _trace_loss(self, key, x, uniforms, y, mask):
         """The loss alone, traced above autograd (``pre_dispatch``, so that its ``detach`` stays),
-        on parameters that require gradients, with the dead code (the log-densities no term of
-        the objective uses) removed."""
+        on parameters that require gradients, with the identities Pyro's broadcasting and scaling
+        leave (:mod:`pyro_vae.simplify`) and the dead code (the log-densities no term of the
+        objective uses) removed."""
         draws, inputs = self._probe(x, uniforms, y, mask, detach=False)
         try:
             with _HookSpy():
@@ -414,8 +417,7 @@ class Step:
             raise
         except Exception as e:  # noqa: BLE001 - any failure to trace means "run eager" under auto
             raise NotTraceable(_why_not_traceable(e)) from e
-        fn.graph.eliminate_dead_code()
-        fn.recompile()
+        remove_identities(fn)
         self.traces[key] = traced = _Traced(fn, draws)
         return traced
 
