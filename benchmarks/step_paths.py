@@ -8,7 +8,13 @@ what ``compile = "auto"`` models with ``step.COMPILED_STEP_RATIO``. The compile 
 timed here (benchmarks/train_step.py times whole processes): the step compiles, or loads from the
 compile cache, before the rounds.
 
-    python benchmarks/step_paths.py [--rounds 9] [--steps 200] [--threads 0 (torch's default)]
+    python benchmarks/step_paths.py [--rounds 9] [--steps 200] [--threads 0 (torch's default)] [--paths eager,traced,kept,compiled,plain]
+
+``kept`` is the traced step with the identities of Pyro's broadcasting and scaling kept in its
+graph, as it ran before ``pyro_vae/simplify.py`` (timed only when asked for). ``--paths`` times
+only those (more rounds for one comparison; without ``compiled`` nothing compiles). Besides each path's median, the table gives the median of its per-round ratios to the
+traced step (each ratio of two runs minutes apart at most, so the machine's drift over the run
+cancels out of it).
 """
 
 import argparse
@@ -19,12 +25,19 @@ import time
 import torch
 
 from plain_train import mlp, negative_elbo
-from pyro_vae import config, noise
+from pyro_vae import config, noise, step as step_module
 from pyro_vae.run import build_vae, load_dataset
 from pyro_vae.step import TIMED_STEPS, Step
 from pyro_vae.train import make_optimizer, make_training_objective
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PATHS = {"eager": "pyro-vae eager (compile = off)", "traced": "pyro-vae traced", "kept": "pyro-vae traced, identities kept",
+         "compiled": "pyro-vae compiled", "plain": "plain PyTorch eager"}
+
+
+def keep_identities(module):
+    module.graph.eliminate_dead_code()
+    module.recompile()
 
 
 def main():
@@ -32,7 +45,11 @@ def main():
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--paths", default="eager,traced,compiled,plain",
+                        type=lambda s: [p for p in s.split(",") if p], help="a comma-separated subset of eager,traced,kept,compiled,plain")
     args = parser.parse_args()
+    if unknown := set(args.paths) - set(PATHS):
+        parser.error(f"--paths: unknown {', '.join(sorted(unknown))}; choose from {','.join(PATHS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = config.load(os.path.join(HERE, "..", "examples", "configs", "mnist_vae.toml"))
@@ -44,9 +61,15 @@ def main():
     optimizer = make_optimizer(vae.parameters(), cfg.train)
     objective = make_training_objective(vae, cfg.train)
     # auto with a run's length runs its first steps traced, and stays so when none are left to save on
-    steps = {"eager": Step(vae, objective, dynamic_binarization=True, compile="off"),
-             "traced": Step(vae, objective, dynamic_binarization=True, compile="auto", steps=TIMED_STEPS, batch_size=batch, log=lambda m: None),
-             "compiled": Step(vae, objective, dynamic_binarization=True, compile="on", batch_size=batch, log=print)}
+    builds = {"eager": lambda: Step(vae, objective, dynamic_binarization=True, compile="off"),
+              "traced": lambda: Step(vae, objective, dynamic_binarization=True, compile="auto", steps=TIMED_STEPS, batch_size=batch, log=lambda m: None),
+              "compiled": lambda: Step(vae, objective, dynamic_binarization=True, compile="on", batch_size=batch, log=print)}
+    steps = {path: build() for path, build in builds.items() if path in args.paths}
+    if "kept" in args.paths:  # the traced loss as the traced step ran it before pyro_vae/simplify.py: its dead code removed only
+        steps["kept"] = builds["traced"]()
+        simplify, step_module.remove_identities = step_module.remove_identities, keep_identities
+        steps["kept"](x[:batch], None, noise.StepNoise(cfg.seed, 0, batch, slice(None), x.device))  # traces it
+        step_module.remove_identities = simplify
     encoder, decoder = mlp([784, 200, 200, 100]), mlp([50, 200, 200, 784])
     plain_optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
     batches = len(x) // batch
@@ -61,14 +84,11 @@ def main():
         loss.backward()
         plain_optimizer.step()
 
-    runs = {"pyro-vae eager (compile = off)": lambda i: package("eager", i),
-            "pyro-vae traced": lambda i: package("traced", i),
-            "pyro-vae compiled": lambda i: package("compiled", i),
-            "plain PyTorch eager": plain}
+    runs = {PATHS[path]: plain if path == "plain" else (lambda i, path=path: package(path, i)) for path in PATHS if path in args.paths}
     for run in runs.values():  # the compile, and every path's warm-up
         for i in range(20):
             run(i)
-    assert steps["traced"].path == "traced" and steps["compiled"].path == "compiled"
+    assert all(step.path == ("traced" if path == "kept" else path) for path, step in steps.items() if path != "eager")
     times = {name: [] for name in runs}
     for round_ in range(args.rounds):
         names = list(runs) if round_ % 2 == 0 else list(runs)[::-1]
@@ -77,13 +97,15 @@ def main():
             for i in range(args.steps):
                 runs[name]((round_ * args.steps + i) % batches)
             times[name].append((time.perf_counter() - started) / args.steps)
-    traced = statistics.median(times["pyro-vae traced"])
+    base = PATHS["traced"] if "traced" in args.paths else next(iter(runs))
+    label = "x " + base.removeprefix("pyro-vae ")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; batch {batch}; "
           f"median of {args.rounds} alternating rounds of {args.steps} steps")
-    print(f"{'path':<34}{'ms/step':>9}{'x traced':>10}  rounds")
+    print(f"{'path':<34}{'ms/step':>9}{label:>10}{label + ', per round':>22}  rounds")
     for name, ts in times.items():
         median = statistics.median(ts)
-        print(f"{name:<34}{median * 1e3:>9.2f}{median / traced:>10.2f}  {' '.join(f'{t * 1e3:.2f}' for t in ts)}")
+        per_round = statistics.median(t / b for t, b in zip(ts, times[base]))
+        print(f"{name:<34}{median * 1e3:>9.2f}{median / statistics.median(times[base]):>10.2f}{per_round:>22.2f}  {' '.join(f'{t * 1e3:.2f}' for t in ts)}")
 
 
 if __name__ == "__main__":

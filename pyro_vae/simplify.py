@@ -3,10 +3,10 @@
 Pyro's distributions broadcast their parameters to the shape they already have
 (``broadcast_tensors``, then ``expand``), its handlers scale log-densities by a weight of 1, and an
 ELBO of one particle divides its sum by 1. Traced, each of these is still a node that the traced
-step runs op by op under autograd, forwards and backwards, at tens of microseconds a node on a
-CPU: on the default VAE's graph 23 of its 89 nodes, a sixth of the traced step's time
-(docs/benchmarks.md). A compiler would fuse them away; a graph run without one keeps them unless
-they are removed here.
+step runs op by op under autograd, forwards and backwards: on the default VAE's graph 24 of its 89
+nodes, with which the whole traced step took 1.06x as long on the 2-core CPU
+(``benchmarks/step_paths.py --paths traced,kept,plain``, docs/benchmarks.md). A compiler would
+fuse them away; a graph run without one keeps them unless they are removed here.
 
 Only exact identities go: the node's result has its source's shape, strides and dtype and the
 same values (a multiplication or division by 1, a view or expansion to the shape it already has,
