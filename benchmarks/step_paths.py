@@ -8,12 +8,15 @@ what ``compile = "auto"`` models with ``step.COMPILED_STEP_RATIO``. The compile 
 timed here (benchmarks/train_step.py times whole processes): the step compiles, or loads from the
 compile cache, before the rounds.
 
-    python benchmarks/step_paths.py [--rounds 9] [--steps 200] [--threads 0 (torch's default)] [--paths eager,traced,kept,compiled,plain]
+    python benchmarks/step_paths.py [--rounds 9] [--steps 200] [--threads 0 (torch's default)] [--paths eager,traced,kept,compiled,plain,plain-compiled]
 
-``kept`` is the traced step with the identities of Pyro's broadcasting and scaling kept in its
-graph, as it ran before ``pyro_vae/simplify.py`` (timed only when asked for). ``--paths`` times
-only those (more rounds for one comparison; without ``compiled`` nothing compiles). Besides each path's median, the table gives the median of its per-round ratios to the
-traced step (each ratio of two runs minutes apart at most, so the machine's drift over the run
+``plain-compiled`` is the plain step with its loss under ``torch.compile`` and the fused Adam
+(benchmarks/plain_train.py --compile --adam fused), and ``kept`` the traced step with the
+identities of Pyro's broadcasting and scaling kept in its graph, as it ran before
+``pyro_vae/simplify.py``: each is timed only when ``--paths`` asks for it. ``--paths`` times only
+those named (more rounds for one comparison; nothing compiles unless a compiled path is named).
+Besides each path's median, the table gives the median of its per-round ratios to the traced
+step (the two times of a ratio are at most minutes apart, so the machine's drift over the run
 cancels out of it).
 """
 
@@ -32,7 +35,7 @@ from pyro_vae.train import make_optimizer, make_training_objective
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PATHS = {"eager": "pyro-vae eager (compile = off)", "traced": "pyro-vae traced", "kept": "pyro-vae traced, identities kept",
-         "compiled": "pyro-vae compiled", "plain": "plain PyTorch eager"}
+         "compiled": "pyro-vae compiled", "plain": "plain PyTorch eager", "plain-compiled": "plain PyTorch, torch.compile"}
 
 
 def keep_identities(module):
@@ -46,7 +49,7 @@ def main():
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--paths", default="eager,traced,compiled,plain",
-                        type=lambda s: [p for p in s.split(",") if p], help="a comma-separated subset of eager,traced,kept,compiled,plain")
+                        type=lambda s: [p for p in s.split(",") if p], help="a comma-separated subset of " + ",".join(PATHS))
     args = parser.parse_args()
     if unknown := set(args.paths) - set(PATHS):
         parser.error(f"--paths: unknown {', '.join(sorted(unknown))}; choose from {','.join(PATHS)}")
@@ -70,21 +73,29 @@ def main():
         simplify, step_module.remove_identities = step_module.remove_identities, keep_identities
         steps["kept"](x[:batch], None, noise.StepNoise(cfg.seed, 0, batch, slice(None), x.device))  # traces it
         step_module.remove_identities = simplify
-    encoder, decoder = mlp([784, 200, 200, 100]), mlp([50, 200, 200, 784])
-    plain_optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
     batches = len(x) // batch
 
     def package(path, i):
         steps[path](x[i * batch : (i + 1) * batch], None, noise.StepNoise(cfg.seed, i, batch, slice(None), x.device))
         optimizer.step()
 
-    def plain(i):
-        loss = negative_elbo(encoder, decoder, torch.bernoulli(x[i * batch : (i + 1) * batch]))
-        plain_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        plain_optimizer.step()
+    def plain(compiled):
+        """benchmarks/plain_train.py's step: eager with torch's default Adam, or its loss under
+        torch.compile with the fused Adam (the fastest here, as in the train_step.py table)."""
+        encoder, decoder = mlp([784, 200, 200, 100]), mlp([50, 200, 200, 784])
+        plain_optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3, fused=compiled)
+        loss_fn = torch.compile(negative_elbo) if compiled else negative_elbo
 
-    runs = {PATHS[path]: plain if path == "plain" else (lambda i, path=path: package(path, i)) for path in PATHS if path in args.paths}
+        def step(i):
+            loss = loss_fn(encoder, decoder, torch.bernoulli(x[i * batch : (i + 1) * batch]))
+            plain_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            plain_optimizer.step()
+
+        return step
+
+    runs = {PATHS[path]: plain(path == "plain-compiled") if path.startswith("plain") else (lambda i, path=path: package(path, i))
+            for path in PATHS if path in args.paths}
     for run in runs.values():  # the compile, and every path's warm-up
         for i in range(20):
             run(i)

@@ -72,7 +72,8 @@ _LIBRARY_DIRS = tuple(str(Path(m.__file__).parent) for m in (torch, pyro, contex
 # a compiled step's time as a fraction of the uncompiled step's that ``auto`` timed, at batch 100:
 # the traced step's, or Pyro's eager step's where the objective's gradient hooks keep it eager.
 # CPU: the shared 2 cores, the paths alternated in one process (benchmarks/step_paths.py, two runs
-# at e2609ab: compiled 0.78 and 0.88 of traced, 0.72 and 0.77 of eager; docs/benchmarks.md): what
+# at e2609ab: compiled 0.78 and 0.88 of traced, 0.72 and 0.77 of eager; with the traced graph's
+# identities removed, daad3f7: 0.79 and 0.80 of traced; docs/benchmarks.md): what
 # the compiled step saves is inductor's fused kernels against torch's per-op dispatch (and against
 # eager Pyro's Python too). CUDA: an H200's compiled epochs were 0.26 of Pyro's eager ones (one CUDA
 # graph launch against a launch per kernel); the traced step keeps the launches and sheds only the
