@@ -24,6 +24,7 @@ import argparse
 import os
 import statistics
 import time
+from unittest import mock
 
 import torch
 
@@ -70,9 +71,8 @@ def main():
     steps = {path: build() for path, build in builds.items() if path in args.paths}
     if "kept" in args.paths:  # the traced loss as the traced step ran it before pyro_vae/simplify.py: its dead code removed only
         steps["kept"] = builds["traced"]()
-        simplify, step_module.remove_identities = step_module.remove_identities, keep_identities
-        steps["kept"](x[:batch], None, noise.StepNoise(cfg.seed, 0, batch, slice(None), x.device))  # traces it
-        step_module.remove_identities = simplify
+        with mock.patch.object(step_module, "remove_identities", keep_identities):
+            steps["kept"](x[:batch], None, noise.StepNoise(cfg.seed, 0, batch, slice(None), x.device))  # traces it
     batches = len(x) // batch
 
     def package(path, i):

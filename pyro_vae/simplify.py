@@ -23,8 +23,8 @@ aten = torch.ops.aten
 
 # a view of its input that has the input's shape and strides is the input
 _VIEWS = {aten.expand.default, aten.view.default, aten.reshape.default, aten.alias.default}
-# (operation, its identity scalar second argument)
-_SCALAR_IDENTITIES = {aten.mul.Tensor: 1, aten.div.Tensor: 1, aten.pow.Tensor_Scalar: 1}
+# operations that leave their input as it is when their second argument is the scalar 1
+_BY_ONE = {aten.mul.Tensor, aten.div.Tensor, aten.pow.Tensor_Scalar}
 
 
 def remove_identities(module):
@@ -53,8 +53,7 @@ def _is_identity(node):
         return False
     if node.target in _VIEWS:
         return True
-    identity = _SCALAR_IDENTITIES.get(node.target)
-    return identity is not None and len(node.args) == 2 and not node.kwargs and _is_scalar(node.args[1], identity)
+    return node.target in _BY_ONE and len(node.args) == 2 and not node.kwargs and _is_one(node.args[1])
 
 
 def _unbroadcast(graph, node):
@@ -83,8 +82,8 @@ def _mutated(node):
     return any(isinstance(user.target, torch._ops.OpOverload) and user.target._schema.is_mutable for user in node.users)
 
 
-def _is_scalar(value, identity):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == identity
+def _is_one(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 1
 
 
 def _same_layout(node, source):
